@@ -1,0 +1,42 @@
+# One command for the main job (make demo) and one for the tests (make test).
+# Each sets up its own virtual environment; a second run with nothing changed
+# reinstalls nothing (the stamp file depends on the requirement files).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip here warns once per package about an unused local index: keep its real output only.
+QUIET := 2>&1 | { grep -v "is ignored" || true; }
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+THREADS ?= 2
+export OMP_NUM_THREADS ?= $(THREADS)
+export MKL_NUM_THREADS ?= $(THREADS)
+
+.PHONY: install test test-fast demo demo-image fashion-mnist clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-fairseq.txt requirements-dev.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt $(QUIET)
+	$(PY) -m pip install -q --no-deps -r requirements-fairseq.txt $(QUIET)
+	$(PY) -m pip install -q --no-deps -e . $(QUIET)
+	$(PY) -c "import fairseq, timm, sentencepiece, sacrebleu, resmlp_mt"
+	touch $@
+
+# Debian's Fashion-MNIST, for the image tests and demo; skipped quietly where apt is not ours.
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; the Fashion-MNIST tests will say so"; \
+	fi
+
+test: $(STAMP) fashion-mnist
+	$(PY) -m pytest -q -rs tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

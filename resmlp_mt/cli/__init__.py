@@ -1,0 +1,1 @@
+"""Console commands of the plugin (registered in setup.py)."""

@@ -1,0 +1,2 @@
+"""fairseq models of the plugin; importing a module registers its architectures."""
+from . import resmlp_translation  # noqa: F401

@@ -1,0 +1,298 @@
+"""ResMLP for translation: a Vaswani encoder-decoder whose self-attention is token mixing.
+
+Encoder layer: norm -> padded token mixing -> LayerScale -> residual; norm -> MLP ...
+Decoder layer: the same with *causal* token mixing, plus fairseq's own
+MultiheadAttention over the encoder output as a third residual branch.
+
+There are no positional embeddings: row i of the token-mixing matrix already is
+position i. ``--max-source-positions`` / ``--max-target-positions`` therefore fix
+the matrices' sizes, and fairseq's length filtering and generation limits follow
+them through ``max_positions()``.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.transformer import Embedding
+from fairseq.modules import FairseqDropout, MultiheadAttention
+from torch import Tensor, nn
+
+from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
+from ..modules.token_mixing import IncrementalState
+
+NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
+
+
+@dataclass
+class ResMLPTranslationConfig(FairseqDataclass):
+    """Defaults are the paper's WMT14 En-De model (``resmlp_wmt_en_de``)."""
+
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder width d"})
+    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder MLP hidden size"})
+    encoder_layers: int = field(default=6, metadata={"help": "number of encoder blocks"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder width d"})
+    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder MLP hidden size"})
+    decoder_layers: int = field(default=6, metadata={"help": "number of decoder blocks"})
+    decoder_attention_heads: int = field(
+        default=8, metadata={"help": "heads of the encoder-decoder attention"}
+    )
+    max_source_positions: int = field(
+        default=512, metadata={"help": "size of the encoder's token-mixing matrices (max source tokens)"}
+    )
+    max_target_positions: int = field(
+        default=512, metadata={"help": "size of the decoder's token-mixing matrices (max target tokens)"}
+    )
+    norm: NORM_CHOICES = field(
+        default="layernorm",
+        metadata={"help": "normalisation in each block: LayerNorm, or the paper's Aff (per-channel affine)"},
+    )
+    layerscale_init: float = field(default=0.2, metadata={"help": "initial LayerScale value"})
+    dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
+    drop_path: float = field(default=0.0, metadata={"help": "stochastic depth rate of the last block"})
+    share_decoder_input_output_embed: bool = field(
+        default=False, metadata={"help": "share decoder input and output embeddings"}
+    )
+    share_all_embeddings: bool = field(
+        default=False, metadata={"help": "share encoder, decoder and output embeddings (joined dictionary)"}
+    )
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(d)"})
+
+
+def _drop_path_rates(rate: float, depth: int) -> List[float]:
+    """Stochastic depth grows linearly with depth, as in DeiT/timm."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+class ResMLPEncoder(FairseqEncoder):
+    def __init__(self, cfg: ResMLPTranslationConfig, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        dim = cfg.encoder_embed_dim
+        self.padding_idx = embed_tokens.padding_idx
+        self.max_source_positions = cfg.max_source_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
+        self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
+        self.layers = nn.ModuleList(
+            ResMLPBlock(
+                dim,
+                cfg.max_source_positions,
+                mixing="padded",
+                hidden_dim=cfg.encoder_ffn_embed_dim,
+                norm=cfg.norm,
+                layerscale_init=cfg.layerscale_init,
+                dropout=cfg.dropout,
+                activation_dropout=cfg.activation_dropout,
+                drop_path=rate,
+            )
+            for rate in _drop_path_rates(cfg.drop_path, cfg.encoder_layers)
+        )
+        self.final_norm = make_norm(cfg.norm, dim)
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs):
+        if src_tokens.size(1) > self.max_source_positions:
+            raise SequenceTooLongError(
+                f"a source sentence has {src_tokens.size(1)} tokens (with EOS) but the model's "
+                f"token-mixing matrices hold --max-source-positions={self.max_source_positions}; "
+                f"filter such inputs (--skip-invalid-size-inputs-valid-test) or train with a larger limit"
+            )
+        # Row i of A must mean "i-th token of the sentence", whatever the padding side:
+        # fairseq left-pads sources by default, so move every sentence to the left.
+        src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
+        padding_mask = src_tokens.eq(self.padding_idx)
+        x = self.dropout_module(self.embed_scale * self.embed_tokens(src_tokens)).transpose(0, 1)
+        mixing_mask = padding_mask if padding_mask.any() else None
+        for layer in self.layers:
+            x = layer(x, padding_mask=mixing_mask)
+        return {
+            "encoder_out": [self.final_norm(x)],  # T x B x C
+            "encoder_padding_mask": [padding_mask],  # B x T, right-padded
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        return {
+            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
+            "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
+        }
+
+    def max_positions(self) -> int:
+        return self.max_source_positions
+
+
+class ResMLPDecoder(FairseqIncrementalDecoder):
+    def __init__(self, cfg: ResMLPTranslationConfig, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        dim = cfg.decoder_embed_dim
+        self.max_target_positions = cfg.max_target_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
+        self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
+        self.layers = nn.ModuleList(
+            ResMLPBlock(
+                dim,
+                cfg.max_target_positions,
+                mixing="causal",
+                hidden_dim=cfg.decoder_ffn_embed_dim,
+                norm=cfg.norm,
+                layerscale_init=cfg.layerscale_init,
+                dropout=cfg.dropout,
+                activation_dropout=cfg.activation_dropout,
+                drop_path=rate,
+                cross_attention=MultiheadAttention(
+                    dim,
+                    cfg.decoder_attention_heads,
+                    kdim=cfg.encoder_embed_dim,
+                    vdim=cfg.encoder_embed_dim,
+                    dropout=cfg.attention_dropout,
+                    encoder_decoder_attention=True,
+                ),
+            )
+            for rate in _drop_path_rates(cfg.drop_path, cfg.decoder_layers)
+        )
+        self.final_norm = make_norm(cfg.norm, dim)
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        if cfg.share_decoder_input_output_embed or cfg.share_all_embeddings:
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        features_only: bool = False,
+        **kwargs,
+    ):
+        x = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, {"attn": [None], "inner_states": None}
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        **kwargs,
+    ):
+        if prev_output_tokens.size(1) > self.max_target_positions:
+            raise SequenceTooLongError(
+                f"a target prefix has {prev_output_tokens.size(1)} tokens but the model's causal "
+                f"token-mixing matrices hold --max-target-positions={self.max_target_positions}"
+            )
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
+        x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1)
+        enc = encoder_out["encoder_out"][0] if encoder_out is not None else None
+        enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out is not None else None
+        for layer in self.layers:
+            x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
+        return self.final_norm(x).transpose(0, 1)
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+
+@register_model("resmlp", dataclass=ResMLPTranslationConfig)
+class ResMLPModel(FairseqEncoderDecoderModel):
+    """ResMLP encoder-decoder (Touvron et al., 2021, Sec. 5: machine translation)."""
+
+    @classmethod
+    def build_model(cls, cfg: ResMLPTranslationConfig, task):
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        encoder_embed = Embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
+        if cfg.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings requires a joined dictionary (fairseq-preprocess --joined-dictionary)")
+            if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
+                raise ValueError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
+            decoder_embed = encoder_embed
+        else:
+            decoder_embed = Embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad())
+        encoder = ResMLPEncoder(cfg, src_dict, encoder_embed)
+        decoder = ResMLPDecoder(cfg, tgt_dict, decoder_embed)
+        return cls(encoder, decoder)
+
+
+def _set_defaults(args, **defaults):
+    """fairseq's arch convention: a flag given on the command line wins over the arch."""
+    for name, value in defaults.items():
+        setattr(args, name, getattr(args, name, value))
+
+
+@register_model_architecture("resmlp", "resmlp_wmt_en_de")
+def resmlp_wmt_en_de(args):
+    """The paper's ResMLP-6 for WMT14 En-De: 6+6 layers, d 512, hidden 2048."""
+    _set_defaults(
+        args,
+        encoder_embed_dim=512,
+        encoder_ffn_embed_dim=2048,
+        encoder_layers=6,
+        decoder_embed_dim=getattr(args, "encoder_embed_dim", 512),
+        decoder_ffn_embed_dim=getattr(args, "encoder_ffn_embed_dim", 2048),
+        decoder_layers=getattr(args, "encoder_layers", 6),
+        decoder_attention_heads=8,
+        max_source_positions=512,
+        max_target_positions=512,
+        norm="layernorm",
+        layerscale_init=0.2,
+        dropout=0.15,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        drop_path=0.0,
+        share_decoder_input_output_embed=False,
+        share_all_embeddings=False,
+        no_scale_embedding=False,
+    )
+
+
+@register_model_architecture("resmlp", "resmlp_wmt_en_de_12")
+def resmlp_wmt_en_de_12(args):
+    """ResMLP-12: 12+12 layers."""
+    _set_defaults(args, encoder_layers=12, decoder_layers=12)
+    resmlp_wmt_en_de(args)
+
+
+@register_model_architecture("resmlp", "resmlp_wmt_en_fr")
+def resmlp_wmt_en_fr(args):
+    """En-Fr has ~10x more data than En-De: the paper lowers dropout to 0.1."""
+    _set_defaults(args, dropout=0.1)
+    resmlp_wmt_en_de(args)
+
+
+@register_model_architecture("resmlp", "resmlp_wmt_en_fr_12")
+def resmlp_wmt_en_fr_12(args):
+    _set_defaults(args, encoder_layers=12, decoder_layers=12)
+    resmlp_wmt_en_fr(args)
+
+
+@register_model_architecture("resmlp", "resmlp_small")
+def resmlp_small(args):
+    """For Multi30k-sized data on a CPU (sentences of at most ~60 sentencepiece tokens)."""
+    _set_defaults(
+        args,
+        encoder_embed_dim=256,
+        encoder_ffn_embed_dim=1024,
+        encoder_layers=6,
+        decoder_layers=6,
+        decoder_attention_heads=4,
+        max_source_positions=128,
+        max_target_positions=128,
+        dropout=0.2,
+        share_all_embeddings=True,
+    )
+    resmlp_wmt_en_de(args)

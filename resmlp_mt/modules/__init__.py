@@ -1,0 +1,7 @@
+"""Building blocks shared by the ResMLP translation and image models."""
+from .affine import Affine, make_norm
+from .block import ResMLPBlock
+from .layer_scale import LayerScale
+from .token_mixing import SequenceTooLongError, TokenMixing
+
+__all__ = ["Affine", "LayerScale", "ResMLPBlock", "SequenceTooLongError", "TokenMixing", "make_norm"]

@@ -1,0 +1,1 @@
+"""fairseq optim of the plugin; importing a module registers it."""

@@ -1,0 +1,122 @@
+"""The ResMLP translation model: causality, incremental decoding, padding, sizes."""
+import argparse
+
+import pytest
+import torch
+from fairseq import options
+
+from helpers import USER_DIR, build_translation_model, dictionary, random_tokens
+from resmlp_mt.modules import SequenceTooLongError
+
+torch.manual_seed(0)
+SMALL = dict(encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_layers=2, decoder_layers=2,
+             decoder_attention_heads=2, max_source_positions=20, max_target_positions=20)
+
+
+def test_decoder_is_causal():
+    model = build_translation_model(**SMALL)
+    src = random_tokens(2, 7, 40)
+    enc = model.encoder(src, torch.tensor([7, 7]))
+    prev = random_tokens(2, 9, 40)
+    out = model.decoder(prev, enc)[0]
+    for t in range(8):
+        changed = prev.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 1 - 4) % 36 + 4
+        out2 = model.decoder(changed, enc)[0]
+        torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=0)
+        assert not torch.allclose(out2[:, t + 1], out[:, t + 1])
+
+
+def test_incremental_decoding_matches_full_pass_with_beam_reorder():
+    model = build_translation_model(**SMALL)
+    src = random_tokens(2, 6, 40)
+    src[1, :2] = 1  # a left-padded, shorter source
+    beam = 2
+    src = src.repeat_interleave(beam, 0)  # as fairseq's SequenceGenerator: sentence-major beams
+    enc = model.encoder(src, torch.tensor([6, 6, 4, 4]))
+    prev = random_tokens(4, 10, 40)
+    state = {}
+    steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(5)]
+    torch.testing.assert_close(torch.cat(steps, 1), model.decoder(prev[:, :5], enc)[0], rtol=1e-5, atol=1e-5)
+
+    order = torch.tensor([1, 1, 3, 2])  # each sentence's beam reorders its own hypotheses
+    model.decoder.reorder_incremental_state_scripting(state, order)
+    enc = model.encoder.reorder_encoder_out(enc, order)
+    prev = torch.cat([prev[:, :5].index_select(0, order), prev[:, 5:]], 1)
+    steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(5, 10)]
+    torch.testing.assert_close(torch.cat(steps, 1), model.decoder(prev, enc)[0][:, 5:], rtol=1e-5, atol=1e-5)
+
+    # finished sentences leave the batch: fairseq then reorders to a smaller batch
+    order = torch.tensor([2, 3])
+    model.decoder.reorder_incremental_state_scripting(state, order)
+    enc = model.encoder.reorder_encoder_out(enc, order)
+    prev = torch.cat([prev.index_select(0, order), random_tokens(2, 2, 40)], 1)
+    steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(10, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), model.decoder(prev, enc)[0][:, 10:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("left_pad", [True, False])
+def test_encoder_output_does_not_depend_on_batch_or_padding_side(left_pad):
+    model = build_translation_model(**SMALL)
+    lengths = [9, 4, 6, 1]
+    sentences = [random_tokens(1, n, 40)[0] for n in lengths]
+    batch = torch.full((4, 9), 1)
+    for b, s in enumerate(sentences):
+        if left_pad:
+            batch[b, 9 - len(s):] = s
+        else:
+            batch[b, : len(s)] = s
+    out = model.encoder(batch, torch.tensor(lengths))
+    assert out["encoder_padding_mask"][0].sum(1).tolist() == [9 - n for n in lengths]
+    for b, s in enumerate(sentences):
+        alone = model.encoder(s[None], torch.tensor([len(s)]))["encoder_out"][0][:, 0]
+        # The encoder puts every sentence's tokens first (right padding) whatever the input side.
+        torch.testing.assert_close(out["encoder_out"][0][: len(s), b], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_over_length_inputs_name_length_and_limit():
+    model = build_translation_model(**SMALL)
+    with pytest.raises(SequenceTooLongError, match="21 tokens.*--max-source-positions=20"):
+        model.encoder(random_tokens(1, 21, 40), torch.tensor([21]))
+    enc = model.encoder(random_tokens(1, 5, 40), torch.tensor([5]))
+    with pytest.raises(SequenceTooLongError, match="21 tokens.*--max-target-positions=20"):
+        model.decoder(random_tokens(1, 21, 40), enc)
+    assert model.max_positions() == (20, 20)
+
+
+def test_wmt_en_de_parameter_count_derived_by_hand():
+    vocab, d, h, L, heads = 1000, 512, 2048, 512, 8
+    model = build_translation_model("resmlp_wmt_en_de", vocab=vocab)
+    layernorm, layerscale = 2 * d, d
+    mlp = d * h + h + h * d + d
+    mixing = L * L + L
+    encoder_layer = layernorm + mixing + layerscale + layernorm + mlp + layerscale
+    cross_attention = 4 * (d * d + d)
+    decoder_layer = encoder_layer + layernorm + cross_attention + layerscale
+    expected = 3 * vocab * d + 6 * encoder_layer + 6 * decoder_layer + 2 * layernorm
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize(
+    "arch, layers, dropout",
+    [("resmlp_wmt_en_de", 6, 0.15), ("resmlp_wmt_en_de_12", 12, 0.15),
+     ("resmlp_wmt_en_fr", 6, 0.1), ("resmlp_wmt_en_fr_12", 12, 0.1)],
+)
+def test_paper_archs_through_fairseq_option_parsing(arch, layers, dropout, tmp_path):
+    dictionary(10).save(str(tmp_path / "dict.en.txt"))
+    dictionary(10).save(str(tmp_path / "dict.de.txt"))
+    args = options.parse_args_and_arch(
+        options.get_training_parser(), [str(tmp_path), "--user-dir", USER_DIR, "--arch", arch, "--task", "translation"]
+    )
+    assert (args.encoder_layers, args.decoder_layers, args.dropout) == (layers, layers, dropout)
+    assert (args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.layerscale_init) == (512, 2048, 0.2)
+    # a flag on the command line wins over the arch's default
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(tmp_path), "--user-dir", USER_DIR,
+                                       "--arch", arch, "--dropout", "0.3", "--encoder-layers", "3"])
+    assert (args.dropout, args.encoder_layers) == (0.3, 3)
+
+
+def test_shared_embeddings():
+    model = build_translation_model(**SMALL)  # resmlp_small shares all embeddings
+    assert model.encoder.embed_tokens is model.decoder.embed_tokens
+    assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
