@@ -38,9 +38,9 @@ def build_translation_model(arch="resmlp_small", vocab=40, **overrides) -> ResML
     return model.eval()
 
 
-def run_cli(tool: str, *args, cwd=None, check=True, timeout=600, env=None):
+def run_cli(tool: str, *args, cwd=None, check=True, timeout=900, env=None):
     """Run a fairseq console tool of this environment; return the CompletedProcess."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(
         [os.path.join(BIN, tool), *map(str, args)],
         cwd=cwd,

@@ -117,6 +117,6 @@ def test_paper_archs_through_fairseq_option_parsing(arch, layers, dropout, tmp_p
 
 
 def test_shared_embeddings():
-    model = build_translation_model(**SMALL)  # resmlp_small shares all embeddings
+    model = build_translation_model(**SMALL, share_all_embeddings=True)
     assert model.encoder.embed_tokens is model.decoder.embed_tokens
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight

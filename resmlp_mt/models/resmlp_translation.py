@@ -293,6 +293,5 @@ def resmlp_small(args):
         max_source_positions=128,
         max_target_positions=128,
         dropout=0.2,
-        share_all_embeddings=True,
     )
     resmlp_wmt_en_de(args)

@@ -1,0 +1,31 @@
+"""Learning check: gradients reach every part of the model (not a speed test)."""
+import re
+
+import pytest
+
+from conftest import preprocess, write_reversal_task
+from helpers import USER_DIR, run_cli
+
+
+@pytest.mark.slow
+def test_small_arch_learns_to_reverse_sentences_within_3_minutes(tmp_path):
+    """Reversal needs positions (token mixing), cross-attention and the MLPs to work together."""
+    write_reversal_task(tmp_path / "raw", {"train": 10000, "valid": 100, "test": 203}, seed=1, min_len=3, max_len=12)
+    data = preprocess(tmp_path / "raw", tmp_path / "bin")
+    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    run_cli("fairseq-train", data, "--user-dir", USER_DIR, "--arch", "resmlp_small",
+            "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
+            "--encoder-ffn-embed-dim", "256", "--decoder-attention-heads", "4",
+            "--max-source-positions", "16", "--max-target-positions", "16", "--dropout", "0",
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "3e-3",
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--max-tokens", "2000",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+            "--stop-time-hours", "0.045", "--cpu", "--seed", "1", "--save-dir", tmp_path / "ckpt",
+            "--no-epoch-checkpoints", "--log-format", "simple", env=threads)
+    gen = run_cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path", tmp_path / "ckpt/checkpoint_last.pt",
+                  "--beam", "4", "--batch-size", "64", "--scoring", "sacrebleu", "--gen-subset", "test", "--cpu",
+                  env=threads)
+    assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 203
+    bleu = float(re.search(r"BLEU = ([\d.]+)", gen.stdout).group(1))
+    print(f"reversal BLEU {bleu:.2f}")
+    assert bleu >= 90, gen.stdout[-1500:]
