@@ -21,10 +21,14 @@ setup(
         "sacrebleu>=2.0",
         "numpy",
         "tqdm",
+        "sacremoses",
     ],
     entry_points={
         "console_scripts": [
             "resmlp-user-dir=resmlp_mt.cli.user_dir:main",
+            "resmlp-score=resmlp_mt.cli.score:main",
+            "resmlp-prep-multi30k=resmlp_mt.prep.multi30k:main",
+            "resmlp-prep-wmt14=resmlp_mt.prep.wmt14:main",
         ]
     },
 )
