@@ -32,6 +32,15 @@ fashion-mnist:
 		|| echo "note: could not install dataset-fashion-mnist; the Fashion-MNIST tests will say so"; \
 	fi
 
+# Multi30k: the shared copy beside the checkout when there is one, else a download.
+MULTI30K_DIR ?= $(firstword $(wildcard ../shared/data/multi30k))
+export MULTI30K_DIR
+PAIR ?= en-de
+MINUTES ?= 18
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" PAIR=$(PAIR) MINUTES=$(MINUTES) bash examples/translation/demo.sh
+
 test: $(STAMP) fashion-mnist
 	$(PY) -m pytest -q -rs tests
 

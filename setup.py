@@ -27,6 +27,7 @@ setup(
         "console_scripts": [
             "resmlp-user-dir=resmlp_mt.cli.user_dir:main",
             "resmlp-score=resmlp_mt.cli.score:main",
+            "resmlp-average-checkpoints=resmlp_mt.cli.average_checkpoints:main",
             "resmlp-prep-multi30k=resmlp_mt.prep.multi30k:main",
             "resmlp-prep-wmt14=resmlp_mt.prep.wmt14:main",
         ]

@@ -120,3 +120,12 @@ def test_shared_embeddings():
     model = build_translation_model(**SMALL, share_all_embeddings=True)
     assert model.encoder.embed_tokens is model.decoder.embed_tokens
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
+
+
+def test_checkpoint_that_does_not_fit_gets_a_clear_error():
+    trained = build_translation_model(vocab=40, **SMALL).state_dict()
+    with pytest.raises(ValueError, match="source dictionary has 40 entries but source dictionary has 48"):
+        build_translation_model(vocab=48, **SMALL).load_state_dict(trained)
+    with pytest.raises(ValueError, match="hold 20 source positions but --max-source-positions is 32.*"
+                                         "--max-source-positions 20"):
+        build_translation_model(vocab=40, **{**SMALL, "max_source_positions": 32}).load_state_dict(trained)

@@ -9,6 +9,7 @@ position i. ``--max-source-positions`` / ``--max-target-positions`` therefore fi
 the matrices' sizes, and fairseq's length filtering and generation limits follow
 them through ``max_positions()``.
 """
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -225,7 +226,43 @@ class ResMLPModel(FairseqEncoderDecoderModel):
             decoder_embed = Embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad())
         encoder = ResMLPEncoder(cfg, src_dict, encoder_embed)
         decoder = ResMLPDecoder(cfg, tgt_dict, decoder_embed)
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        model.dictionary_files = _dictionary_files(task)
+        return model
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""
+        self._check_checkpoint_shapes(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def _check_checkpoint_shapes(self, state_dict) -> None:
+        files = getattr(self, "dictionary_files", None) or ("source dictionary", "target dictionary")
+        for side, coder, dict_file in (("source", self.encoder, files[0]), ("target", self.decoder, files[1])):
+            key = f"{'encoder' if side == 'source' else 'decoder'}.embed_tokens.weight"
+            if key in state_dict and state_dict[key].size(0) != coder.embed_tokens.num_embeddings:
+                raise ValueError(
+                    f"the checkpoint's {side} dictionary has {state_dict[key].size(0)} entries but "
+                    f"{dict_file} has {coder.embed_tokens.num_embeddings}: use the data-bin (or the "
+                    f"dict.*.txt files) the model was trained with"
+                )
+            key = f"{'encoder' if side == 'source' else 'decoder'}.layers.0.token_mixing.weight"
+            limit = coder.max_positions()
+            if key in state_dict and state_dict[key].size(0) != limit:
+                raise ValueError(
+                    f"the checkpoint's token-mixing matrices hold {state_dict[key].size(0)} {side} positions "
+                    f"but --max-{side}-positions is {limit}: the matrix size is fixed at training time, "
+                    f"so pass --max-{side}-positions {state_dict[key].size(0)}"
+                )
+
+
+def _dictionary_files(task):
+    """The dictionary files a translation task read, to name them in errors."""
+    cfg = getattr(task, "cfg", None)
+    data, src, tgt = (getattr(cfg, k, None) for k in ("data", "source_lang", "target_lang"))
+    if not (data and src and tgt):
+        return None
+    root = str(data).split(":")[0]
+    return tuple(os.path.join(root, f"dict.{lang}.txt") for lang in (src, tgt))
 
 
 def _set_defaults(args, **defaults):

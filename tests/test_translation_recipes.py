@@ -1,0 +1,83 @@
+"""The recipes around the model: the demo's code path, checkpoint averaging, scoring."""
+import os
+import random
+import re
+import subprocess
+
+import pytest
+import torch
+
+from helpers import BIN, REPO, USER_DIR, run_cli
+from test_data_prep import sentence_pair, write_text
+from test_cli_translation import TINY
+
+from resmlp_mt.cli import average_checkpoints, score
+
+
+@pytest.fixture(scope="module")
+def multi30k_like(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("m30k-like")
+    rng = random.Random(1)
+    for name, n in {"train": 300, "val": 19, "test_2016_flickr": 21}.items():
+        pairs = [sentence_pair(rng, "en", "de", rng.randint(3, 10)) for _ in range(n)]
+        for lang, lines in zip(("en", "de"), zip(*pairs)):
+            write_text(raw / f"{name}.{lang}.gz", [s.capitalize() + " ." for s in lines])
+    return raw
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
+    """``make demo`` runs examples/translation/demo.sh; this is that script with 4 updates."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MULTI30K_DIR": str(multi30k_like),
+           "WORK": str(tmp_path / "demo"), "MAX_UPDATE": "4", "MINUTES": "5", "THREADS": "1"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples/translation/demo.sh")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "sentences scored: 21 of 21" in out
+    assert re.search(r"^BLEU = [\d.]+ ", out, re.M), out[-2000:]
+    assert re.search(r"signature: nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:", out)
+    assert out.count("\nHYP  ") == 5 and out.count("\nREF  ") == 5
+
+
+def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):
+    (tmp_path / "ref").write_text("a b c d e\nd e f g h\ng h i j k\n")
+    (tmp_path / "gen").write_text("D-2\t-0.1\tg h i j k\nD-0\t-0.2\ta b c d e\n")
+    assert score.main([str(tmp_path / "gen"), "--ref", str(tmp_path / "ref")]) == 2
+    assert "2 hypotheses for 3 references (missing ids [1]" in capsys.readouterr().err
+    (tmp_path / "gen").write_text("D-2\t-0.1\tg h i j k\nD-0\t-0.2\ta b c d e\nD-1\t-0.3\td e f g h\n")
+    assert score.main([str(tmp_path / "gen"), "--ref", str(tmp_path / "ref")]) == 0
+    assert "BLEU = 100.00" in capsys.readouterr().out
+
+
+def test_checkpoint_averaging_is_the_mean(tiny_data_bin, tmp_path):
+    save = tmp_path / "ckpt"
+    run_cli("fairseq-train", tiny_data_bin, "--user-dir", USER_DIR, *TINY, "--optimizer", "adam", "--lr", "1e-3",
+            "--max-tokens", "400", "--max-update", "9", "--save-interval-updates", "3", "--cpu",
+            "--save-dir", save, "--disable-validation", "--log-format", "simple")
+    out = tmp_path / "avg.pt"
+    assert average_checkpoints.main(["--inputs", str(save), "--num-update-checkpoints", "3", "--output", str(out)]) == 0
+
+    states = [torch.load(next(save.glob(f"checkpoint_*_{u}.pt")), weights_only=False)["model"] for u in (3, 6, 9)]
+    averaged = torch.load(out, weights_only=False)["model"]
+    assert averaged.keys() == states[0].keys()
+    for name, value in averaged.items():
+        by_hand = (states[0][name] + states[1][name] + states[2][name]) / 3
+        torch.testing.assert_close(value, by_hand, rtol=0, atol=1e-6)
+    assert not torch.equal(states[0]["decoder.layers.0.token_mixing.weight"], averaged["decoder.layers.0.token_mixing.weight"])
+    gen = run_cli("fairseq-generate", tiny_data_bin, "--user-dir", USER_DIR, "--path", out, "--beam", "4",
+                  "--gen-subset", "test", "--cpu")
+    assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 13
+
+
+def test_averaging_different_architectures_is_refused(tiny_data_bin, tmp_path, capsys):
+    paths = []
+    for layers in ("1", "2"):
+        save = tmp_path / f"ckpt{layers}"
+        run_cli("fairseq-train", tiny_data_bin, "--user-dir", USER_DIR, *TINY, "--encoder-layers", layers,
+                "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "400", "--max-update", "1", "--cpu",
+                "--save-dir", save, "--disable-validation", "--no-epoch-checkpoints")
+        paths.append(str(save / "checkpoint_last.pt"))
+    assert average_checkpoints.main(["--inputs", *paths, "--output", str(tmp_path / "x.pt")]) == 2
+    assert "different parameters" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
