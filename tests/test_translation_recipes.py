@@ -81,3 +81,19 @@ def test_averaging_different_architectures_is_refused(tiny_data_bin, tmp_path, c
     assert average_checkpoints.main(["--inputs", *paths, "--output", str(tmp_path / "x.pt")]) == 2
     assert "different parameters" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("config, dropout", [("resmlp_wmt_en_de", 0.15), ("resmlp_wmt_en_fr", 0.1)])
+def test_hydra_configs_train_with_fairseq_hydra_train(tiny_data_bin, tmp_path, config, dropout):
+    proc = run_cli("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "examples/translation/config"),
+                   "--config-name", config, f"task.data={tiny_data_bin}", "task.source_lang=src",
+                   "task.target_lang=tgt", f"common.user_dir={USER_DIR}", "common.cpu=true",
+                   "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}", "model.encoder_layers=1",
+                   "model.decoder_layers=1", "dataset.max_tokens=500", "dataset.disable_validation=true")
+    log = proc.stdout + proc.stderr
+    assert "done training" in log
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    model = state["cfg"]["model"]
+    assert (model["_name"], model["encoder_embed_dim"], model["layerscale_init"], model["dropout"]) == \
+        ("resmlp", 512, 0.2, dropout)
+    assert state["cfg"]["optimizer"]["_name"] == "adagrad" and state["cfg"]["lr_scheduler"]["warmup_updates"] == 32000
