@@ -34,6 +34,6 @@ echo "== translating test2016 with beam 4"
 fairseq-generate "$DATA/data-bin" --user-dir "$USER_DIR" --source-lang "$SRC" --target-lang "$TGT" \
     --path "$OUT/checkpoints/checkpoint_best.pt" --gen-subset test --beam 4 --batch-size 128 \
     --post-process sentencepiece --cpu > "$OUT/generate-test.txt" 2> "$OUT/generate-test.log"
-grep -h "Translated" "$OUT/generate-test.log" | sed 's/^.*INFO[^ ]* //' || true
+grep -ho "Translated .*" "$OUT/generate-test.log" || true
 resmlp-score "$OUT/generate-test.txt" --ref "$DATA/test.raw.$TGT" --src "$DATA/test.raw.$SRC" --examples 5 \
     | tee "$OUT/bleu.txt"
