@@ -89,7 +89,8 @@ def test_hydra_configs_train_with_fairseq_hydra_train(tiny_data_bin, tmp_path, c
                    "--config-name", config, f"task.data={tiny_data_bin}", "task.source_lang=src",
                    "task.target_lang=tgt", f"common.user_dir={USER_DIR}", "common.cpu=true",
                    "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}", "model.encoder_layers=1",
-                   "model.decoder_layers=1", "dataset.max_tokens=500", "dataset.disable_validation=true")
+                   "model.decoder_layers=1", "dataset.max_tokens=500", "dataset.disable_validation=true",
+                   cwd=tmp_path)  # hydra writes its outputs/ into the working directory
     log = proc.stdout + proc.stderr
     assert "done training" in log
     state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
