@@ -79,3 +79,10 @@ def test_over_length_error_names_length_and_limit():
         m(torch.randn(1, 1, 2), incremental_state=state)
     with pytest.raises(SequenceTooLongError, match="4 tokens.*3 positions"):
         m(torch.randn(1, 1, 2), incremental_state=state)
+
+
+def test_mean_init_averages_the_prefix_like_attention_at_init():
+    m = TokenMixing(7, "causal", init="mean", init_std=1e-9)
+    x = torch.randn(5, 2, 3)
+    prefix_mean = x.cumsum(0) / torch.arange(1, 6).view(5, 1, 1)
+    torch.testing.assert_close(m(x), prefix_mean, rtol=1e-5, atol=1e-5)

@@ -31,6 +31,7 @@ from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
+MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
 
 
 @dataclass
@@ -57,6 +58,11 @@ class ResMLPTranslationConfig(FairseqDataclass):
         metadata={"help": "normalisation in each block: LayerNorm, or the paper's Aff (per-channel affine)"},
     )
     layerscale_init: float = field(default=0.2, metadata={"help": "initial LayerScale value"})
+    token_mixing_init: MIXING_INIT_CHOICES = field(
+        default="normal",
+        metadata={"help": "initial token-mixing matrices: small random (normal, std 0.02, as the official "
+                          "code) or the mean over earlier positions plus that noise (mean)"},
+    )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
@@ -89,6 +95,7 @@ class ResMLPEncoder(FairseqEncoder):
                 dim,
                 cfg.max_source_positions,
                 mixing="padded",
+                mixing_init=cfg.token_mixing_init,
                 hidden_dim=cfg.encoder_ffn_embed_dim,
                 norm=cfg.norm,
                 layerscale_init=cfg.layerscale_init,
@@ -143,6 +150,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                 dim,
                 cfg.max_target_positions,
                 mixing="causal",
+                mixing_init=cfg.token_mixing_init,
                 hidden_dim=cfg.decoder_ffn_embed_dim,
                 norm=cfg.norm,
                 layerscale_init=cfg.layerscale_init,
@@ -287,6 +295,7 @@ def resmlp_wmt_en_de(args):
         max_target_positions=512,
         norm="layernorm",
         layerscale_init=0.2,
+        token_mixing_init="normal",
         dropout=0.15,
         attention_dropout=0.0,
         activation_dropout=0.0,

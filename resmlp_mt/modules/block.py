@@ -24,6 +24,7 @@ class ResMLPBlock(nn.Module):
         num_tokens: int,
         *,
         mixing: str = "full",
+        mixing_init: str = "normal",
         hidden_dim: Optional[int] = None,
         norm: str = "affine",
         layerscale_init: float = 0.1,
@@ -34,7 +35,7 @@ class ResMLPBlock(nn.Module):
     ):
         super().__init__()
         self.norm1 = make_norm(norm, dim)
-        self.token_mixing = TokenMixing(num_tokens, mixing)
+        self.token_mixing = TokenMixing(num_tokens, mixing, init=mixing_init)
         self.ls1 = LayerScale(dim, layerscale_init)
         self.cross_attention = cross_attention
         if cross_attention is not None:

@@ -32,16 +32,31 @@ class TokenMixing(nn.Module):
     """
 
     MODES = ("full", "padded", "causal")
+    INITS = ("normal", "mean")
 
-    def __init__(self, num_tokens: int, mode: str = "full", init_std: float = 0.02):
+    def __init__(self, num_tokens: int, mode: str = "full", init: str = "normal", init_std: float = 0.02):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"unknown token-mixing mode {mode!r}: expected one of {self.MODES}")
+        if init not in self.INITS:
+            raise ValueError(f"unknown token-mixing init {init!r}: expected one of {self.INITS}")
         self.num_tokens = num_tokens
         self.mode = mode
         self.weight = nn.Parameter(torch.empty(num_tokens, num_tokens))
         self.bias = nn.Parameter(torch.zeros(num_tokens))
         nn.init.trunc_normal_(self.weight, std=init_std)  # as the official ResMLP code
+        if init == "mean":
+            with torch.no_grad():
+                self.weight.add_(self.mean_matrix(num_tokens, mode))
+
+    @staticmethod
+    def mean_matrix(n: int, mode: str) -> Tensor:
+        """What self-attention computes at initialisation: the mean of the visible positions.
+
+        Causal rows average their prefix exactly; other rows average the positions up to
+        their own (the full length is unknown for padded inputs), and learn the rest.
+        """
+        return torch.ones(n, n).tril() / torch.arange(1, n + 1, dtype=torch.float).unsqueeze(1)
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, mode={self.mode}"
