@@ -1,16 +1,19 @@
-"""Two small shims that make fairseq main (``ve-fairseq``) behave on torch >= 2.6.
+"""Small shims that make fairseq main (``ve-fairseq``) on torch >= 2.6 load, evaluate,
+save and resume reliably.
 
-Both are applied when the plugin is imported (``--user-dir resmlp_mt``), so they
+All are applied when the plugin is imported (``--user-dir resmlp_mt``), so they
 serve every model and task the user runs with the plugin loaded, including
 fairseq's own Transformer.
 
 1. Checkpoint loading. fairseq checkpoints are pickles (configs, meters, optimizer
-   state), which torch >= 2.6 refuses by default (``weights_only=True``). fairseq's
-   two loading paths (``checkpoint_utils`` for files, ``distributed.utils`` for a
-   state broadcast from rank 0) get a ``torch`` whose ``load`` defaults to
-   ``weights_only=False``. Nothing else in the process changes. Loading a pickle
-   runs code from it: load only checkpoints you trust (see README, "Security";
-   ``resmlp_mt.safe_load`` reads tensors only).
+   state), which torch >= 2.6's default ``weights_only=True`` loader refuses as soon as
+   they hold anything but plain containers and tensors (e.g. the numpy arrays in the
+   saved meters of an ``--eval-bleu`` run, or the ``argparse.Namespace`` of an older
+   fairseq). fairseq's two loading paths (``checkpoint_utils`` for files,
+   ``distributed.utils`` for a state broadcast from rank 0) get a ``torch`` whose
+   ``load`` defaults to ``weights_only=False``. Nothing else in the process changes.
+   Loading a pickle runs code from it: load only checkpoints you trust (see README,
+   "Security"; ``resmlp_mt.safe_load`` reads tensors only).
 
 2. No silently dropped evaluation sentences. fairseq main's ``batch_by_size``
    (commit d871f616) drops the last batch when its size is not a multiple of
@@ -18,15 +21,68 @@ fairseq's own Transformer.
    sentences without a word. The batches are consecutive runs of ``indices``, so
    the dropped ones are exactly the tail; we give them back as a final batch
    (fairseq 0.12.2's behaviour, for training and evaluation alike).
+
+3. Checkpoint writes survive a kill. fairseq writes the first checkpoint file of a
+   save atomically (``.tmp`` + rename) but then *copies* it to ``checkpoint_last.pt``
+   (and ``checkpoint_best.pt``, ...) with ``shutil.copyfile``, which truncates the
+   destination first: a job killed during that copy (pre-emption, OOM killer, Ctrl-C
+   twice) leaves a truncated ``checkpoint_last.pt``, exactly the file the restart
+   loads. ``checkpoint_utils`` gets a ``PathManager`` whose ``copy`` writes
+   ``DST.tmp`` in the same directory, fsyncs it and ``os.replace``s it over ``DST``,
+   and whose ``rename`` (fairseq's own atomic write) fsyncs before renaming, so a
+   checkpoint on disk is always a complete old one or a complete new one, also after
+   a power loss. Remote (iopath) paths are left to fairseq.
+
+4. An unreadable checkpoint names itself. ``torch.load`` on a truncated or corrupt
+   file raises "PytorchStreamReader failed reading zip archive", "Ran out of input"
+   or a pickle error that does not say which file. fairseq's checkpoint loading
+   re-raises these as ``CorruptCheckpointError`` naming the file, its size and the
+   other checkpoints in its directory to resume from (``--restore-file``). We do not
+   fall back to an older checkpoint on our own: with (3) a corrupt file is no longer
+   an expected outcome of a kill, so it deserves a look before training goes on.
+
+5. A NaN/Inf gradient ends training with fairseq's own error. On non-finite
+   gradients (fp32, no ``--amp``) fairseq saves ``crash.pt``, re-runs the batch under
+   its ``NanDetector`` to log the first module whose output is NaN/Inf, and re-raises
+   ``FloatingPointError: gradients are Nan/Inf``. On torch 2 the detector's *non-full*
+   backward hooks crash on any module that returns a dict of lists (every fairseq
+   encoder, the Transformer's included) with a bare ``StopIteration``, which then
+   replaces the real error. The trainer gets a ``NanDetector`` with forward hooks
+   only: the diagnosis is complete (forward outputs, then the dump of non-finite
+   gradient norms) and the error is ``FloatingPointError`` again.
+
+6. Resuming in a later epoch trains on the same batches. fairseq main builds the
+   training batches once per process, with the seed ``--seed + epoch`` of the epoch
+   the process *starts* in, and reuses them in every later epoch (only their order is
+   reshuffled per epoch). A fresh run therefore groups sentences into batches with
+   ``seed + 1`` for its whole life, but a run resumed in epoch 3 regroups them with
+   ``seed + 3``: same batch sizes, different sentences together, and the resumed run
+   drifts from the uninterrupted one. When the iterator is the cached, reused kind
+   (the default: no ``--update-epoch-batch-itr``, no sharded data, no per-epoch
+   rebuilding), the batches are built as in epoch 1, so a resumed run sees the very
+   batches of an uninterrupted one. Fresh runs are unchanged.
 """
 import functools
+import glob
+import inspect
+import os
+import pickle
+import shutil
 import types
 
 import numpy as np
 import torch
 from fairseq import checkpoint_utils
+from fairseq import trainer as fairseq_trainer
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
+from fairseq.file_io import PathManager
+from fairseq.nan_detector import NanDetector
+from fairseq.tasks import FairseqTask
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that ``torch.load`` cannot read (truncated, empty, overwritten)."""
 
 
 class _TorchLoadingPickles(types.ModuleType):
@@ -40,7 +96,71 @@ class _TorchLoadingPickles(types.ModuleType):
 
     @staticmethod
     def load(f, *args, weights_only=False, **kwargs):
-        return torch.load(f, *args, weights_only=weights_only, **kwargs)
+        try:
+            return torch.load(f, *args, weights_only=weights_only, **kwargs)
+        except (EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+            path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+            if weights_only or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+                raise  # a refused pickle, or an in-memory buffer (rank 0's broadcast)
+            raise CorruptCheckpointError(_corrupt_message(os.fspath(path), e)) from e
+
+
+def _corrupt_message(path: str, error: BaseException) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    others = sorted(
+        (p for p in glob.glob(os.path.join(directory, "*.pt")) if not os.path.samefile(p, path)),
+        key=os.path.getmtime,
+        reverse=True,
+    )
+    hint = (
+        "resume from another one with --restore-file, newest first: " + ", ".join(others)
+        if others
+        else "there is no other checkpoint in its directory"
+    )
+    return (
+        f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes): it is truncated or corrupt "
+        f"({type(error).__name__}: {str(error).split('. ')[0]}). Move it away "
+        f"to start from scratch, or {hint}"
+    )
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _AtomicPathManager(PathManager):
+    """fairseq's ``PathManager`` as ``checkpoint_utils`` sees it: copies and renames are atomic."""
+
+    @staticmethod
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if PathManager.path_requires_pathmanager(src_path) or PathManager.path_requires_pathmanager(dst_path):
+            return PathManager.copy(src_path, dst_path, overwrite=overwrite)
+        tmp = dst_path + ".tmp"  # same directory, so os.replace cannot cross filesystems
+        shutil.copyfile(src_path, tmp)
+        _AtomicPathManager.rename(tmp, dst_path)
+        return True
+
+    @staticmethod
+    def rename(src: str, dst: str) -> None:
+        _fsync(src)  # the data reach the disk before the new name does
+        os.replace(src, dst)
+        try:
+            _fsync(os.path.dirname(os.path.abspath(dst)))  # and so does the new name
+        except OSError:  # directories cannot be opened or fsynced on some systems
+            pass
+
+    resmlp_atomic = True
+
+
+class _ForwardNanDetector(NanDetector):
+    """fairseq's ``NanDetector`` without the backward hooks that crash on torch 2."""
+
+    def __init__(self, model, forward=True, backward=True):
+        super().__init__(model, forward=forward, backward=False)
 
 
 def _keep_last_batch(batch_by_size):
@@ -58,6 +178,33 @@ def _keep_last_batch(batch_by_size):
     return wrapper
 
 
+def _batches_as_in_epoch_one(get_batch_iterator):
+    signature = inspect.signature(get_batch_iterator)
+
+    @functools.wraps(get_batch_iterator)
+    def wrapper(self, *args, **kwargs):
+        call = signature.bind(self, *args, **kwargs)
+        call.apply_defaults()
+        arg = call.arguments
+        dataset, epoch = arg["dataset"], arg["epoch"]
+        reused = (
+            not arg["disable_iterator_cache"]
+            and not arg["update_epoch_batch_itr"]
+            and not getattr(getattr(self, "cfg", None), "rebuild_batches", False)
+            and self.can_reuse_epoch_itr(dataset)
+        )
+        if epoch <= 1 or not reused or dataset in self.dataset_to_epoch_iter:
+            return get_batch_iterator(*call.args, **call.kwargs)
+        arg["epoch"] = 1
+        epoch_iter = get_batch_iterator(*call.args, **call.kwargs)
+        epoch_iter.epoch = epoch
+        dataset.set_epoch(epoch)
+        return epoch_iter
+
+    wrapper.resmlp_epoch_one_batches = True
+    return wrapper
+
+
 def apply() -> None:
     """Idempotent: safe to call on every import of the plugin."""
     for module in (checkpoint_utils, distributed_utils):
@@ -65,3 +212,9 @@ def apply() -> None:
             module.torch = _TorchLoadingPickles()
     if not getattr(data_utils.batch_by_size, "resmlp_keeps_last_batch", False):
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
+    if not getattr(checkpoint_utils.PathManager, "resmlp_atomic", False):
+        checkpoint_utils.PathManager = _AtomicPathManager
+    if not issubclass(fairseq_trainer.NanDetector, _ForwardNanDetector):
+        fairseq_trainer.NanDetector = _ForwardNanDetector
+    if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
+        FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
