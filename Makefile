@@ -41,6 +41,10 @@ MINUTES ?= 18
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" PAIR=$(PAIR) MINUTES=$(MINUTES) bash examples/translation/demo.sh
 
+# The image demo: a small ResMLP on Fashion-MNIST, test top-1, token-mixing pictures.
+demo-image: $(STAMP) fashion-mnist
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/image/demo_fashion_mnist.sh
+
 test: $(STAMP) fashion-mnist
 	$(PY) -m pytest -q -rs tests
 

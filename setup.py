@@ -22,6 +22,7 @@ setup(
         "numpy",
         "tqdm",
         "sacremoses",
+        "matplotlib",
     ],
     entry_points={
         "console_scripts": [
@@ -30,6 +31,9 @@ setup(
             "resmlp-average-checkpoints=resmlp_mt.cli.average_checkpoints:main",
             "resmlp-prep-multi30k=resmlp_mt.prep.multi30k:main",
             "resmlp-prep-wmt14=resmlp_mt.prep.wmt14:main",
+            "resmlp-convert=resmlp_mt.convert:main",
+            "resmlp-visualize=resmlp_mt.visualize:main",
+            "resmlp-export-safe=resmlp_mt.safe_load:main",
         ]
     },
 )

@@ -1,2 +1,3 @@
 """fairseq models of the plugin; importing a module registers its architectures."""
 from . import resmlp_translation  # noqa: F401
+from . import resmlp_image  # noqa: F401

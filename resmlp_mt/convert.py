@@ -1,0 +1,139 @@
+"""``resmlp-convert``: ResMLP weights from timm or the official DeiT release <-> fairseq.
+
+    resmlp-convert resmlp_12_no_dist.pth resmlp_s12.pt --data /data/imagenet
+    fairseq-validate --user-dir resmlp_mt --path resmlp_s12.pt --valid-subset val --batch-size 64
+    resmlp-convert resmlp_s12.pt resmlp_12_224_timm.pth --to timm
+
+The input is read with timm's loader (tensors only; a ``model``/``state_dict`` entry
+or a bare state dict; ``.safetensors`` too). Official keys (``patch_embed.proj``,
+``attn``, ``gamma_1``, ...) become timm's through timm's own ResMLP filter, and
+timm's become ours here. The architecture (depth, width, patch size, resolution,
+classes, channels) is read off the weights, and the output is a fairseq checkpoint
+with a complete config for ``--task image_classification`` that ``fairseq-validate
+--path`` and ``fairseq-train --finetune-from-model`` load. ``--num-classes N`` puts a
+new, untrained N-class head on for fine-tuning. ``--to timm`` writes a plain state
+dict that ``timm.create_model("resmlp_12_224", checkpoint_path=...)`` loads.
+"""
+import argparse
+import math
+import os
+import re
+import sys
+
+from fairseq import checkpoint_utils, options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import OmegaConf
+from timm.models import load_state_dict
+from timm.models.mlp_mixer import checkpoint_filter_fn
+
+from .models.resmlp_image import ARCHS, ResMLPImageModel
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+# timm key pattern -> ours; Aff's alpha/beta are (1, 1, d) in timm and (d,) here.
+TIMM_TO_OURS = [(r"^stem\.proj\.", "patch_embed."), (r"\.linear_tokens\.", ".token_mixing."),
+                (r"\.mlp_channels\.", ".mlp."), (r"\.ls([12])$", r".ls\1.gamma")]
+OURS_TO_TIMM = [(r"^patch_embed\.", "stem.proj."), (r"\.token_mixing\.", ".linear_tokens."),
+                (r"\.mlp\.", ".mlp_channels."), (r"\.ls([12])\.gamma$", r".ls\1")]
+
+
+def _rename(state_dict: dict, rules, affine_shape) -> dict:
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value.reshape(affine_shape(value)) if key.endswith((".alpha", ".beta")) else value
+    return out
+
+
+def from_timm(state_dict: dict) -> dict:
+    """timm's or the official (DeiT) ResMLP state dict -> ``ResMLPImageModel``'s."""
+    if "patch_embed.proj.weight" in state_dict:
+        state_dict = checkpoint_filter_fn(state_dict, None)  # official names -> timm's
+    if "stem.proj.weight" not in state_dict:
+        raise ValueError("not a ResMLP state dict of timm or DeiT: no stem.proj.weight / patch_embed.proj.weight")
+    return _rename(state_dict, TIMM_TO_OURS, lambda v: (-1,))
+
+
+def to_timm(state_dict: dict) -> dict:
+    return _rename(state_dict, OURS_TO_TIMM, lambda v: (1, 1, -1))
+
+
+def model_config(state_dict: dict) -> dict:
+    """ResMLPImageModel's arguments, read off the shapes of its state dict."""
+    dim, in_chans, patch, _ = state_dict["patch_embed.weight"].shape
+    patches = state_dict["blocks.0.token_mixing.weight"].size(0)
+    return dict(
+        num_classes=state_dict["head.weight"].size(0),
+        in_chans=in_chans,
+        img_size=patch * math.isqrt(patches),
+        patch_size=patch,
+        embed_dim=dim,
+        depth=len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")}),
+        mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].size(0) / dim,
+    )
+
+
+def arch_name(config: dict) -> str:
+    """The registered arch with these sizes, else the model's own name (every field explicit)."""
+    for name, arch in ARCHS.items():
+        if all(config[k] == v for k, v in arch.items() if k != "layerscale_init") and config["mlp_ratio"] == 4:
+            return name
+    return "resmlp_image"
+
+
+def fairseq_checkpoint(state_dict: dict, data: str, dataset: str = "imagefolder", num_classes=None) -> dict:
+    """A checkpoint as fairseq's trainer writes one, ready for ``fairseq-validate --path``."""
+    config = model_config(state_dict)
+    model = ResMLPImageModel(**config)
+    model.load_state_dict(state_dict)  # strict: every weight has its place
+    if num_classes and num_classes != config["num_classes"]:
+        config["num_classes"] = num_classes
+        model.head = ResMLPImageModel(**config).head  # freshly initialised, for fine-tuning
+    fields = [f"--{k.replace('_', '-')}={v}" for k, v in config.items() if k not in ("num_classes", "in_chans")]
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        data, "--user-dir", USER_DIR, "--task", "image_classification", "--dataset", dataset,
+        "--arch", arch_name(config), *fields, "--criterion", "image_cross_entropy", "--optimizer", "lamb",
+    ])
+    cfg = convert_namespace_to_omegaconf(args)
+    return {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "ImageCrossEntropyCriterion", "optimizer_name": "TimmLamb",
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "task_state": {},
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="timm or official ResMLP weights (.pth, .safetensors); with --to timm, "
+                                 "a fairseq checkpoint")
+    p.add_argument("output", help="where to write the fairseq checkpoint (or, with --to timm, the state dict)")
+    p.add_argument("--to", choices=["fairseq", "timm"], default="fairseq", help="output format")
+    p.add_argument("--data", default="DATA", help="the image data the checkpoint's config names "
+                                                  "(fairseq-validate --model-overrides \"{'data': ...}\" changes it)")
+    p.add_argument("--dataset", default="imagefolder", help="what --data holds (see --task image_classification)")
+    p.add_argument("--num-classes", type=int, help="replace the classifier by a new one with this many classes")
+    args = p.parse_args(argv)
+    try:
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"{args.input} does not exist")
+        if args.to == "timm":
+            state = to_timm(checkpoint_utils.load_checkpoint_to_cpu(args.input)["model"])  # a pickle: trusted input
+        else:
+            weights = from_timm(load_state_dict(args.input))
+            state = fairseq_checkpoint(weights, args.data, args.dataset, args.num_classes)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        print(f"error: cannot convert {args.input}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    checkpoint_utils.torch_persistent_save(state, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

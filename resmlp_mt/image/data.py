@@ -1,0 +1,212 @@
+"""Image sources (an ImageFolder tree, or a torchvision dataset from a local root) and
+the FairseqDataset that feeds them to fairseq's batching, sharding and workers.
+
+A source is indexable and yields ``(PIL image, class index)``; ``ImageDataset``
+applies the (timm) transform and collates. Bad data fail with the file's name:
+a corrupt or unreadable image when it is read, an empty class folder or a missing
+root when the split is opened. Files without an image extension inside class
+folders are skipped with one warning that lists them (torchvision's ImageFolder
+skips them silently).
+"""
+import gzip
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import numpy as np
+import torch
+import torchvision
+from fairseq.data import FairseqDataset
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+logger = logging.getLogger(__name__)
+
+
+class ImageDataError(ValueError):
+    """Image data that cannot be used: a bad file, an empty class, a missing split."""
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    torchvision_class: str
+    num_classes: int
+    in_chans: int
+    img_size: int  # the images' own resolution
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+
+NAMED = {
+    "fashion-mnist": NamedDataset("FashionMNIST", 10, 1, 28, (0.2860,), (0.3530,)),
+    "mnist": NamedDataset("MNIST", 10, 1, 28, (0.1307,), (0.3081,)),
+    "cifar10": NamedDataset("CIFAR10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": NamedDataset("CIFAR100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def require_dir(path: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} {path} does not exist (or is not a directory)")
+    return path
+
+
+def load_rgb(path: str) -> Image.Image:
+    """PIL's loader, with the file named in every failure (corrupt, truncated, unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDataError(f"cannot read image {path}: {e}") from e
+
+
+def image_folder(root: str) -> torchvision.datasets.ImageFolder:
+    """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for empty classes."""
+    require_dir(root, "image folder")
+    skipped: List[str] = []
+
+    def is_image(path: str) -> bool:
+        if has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return True
+        skipped.append(path)
+        return False
+
+    try:
+        folder = torchvision.datasets.ImageFolder(root, loader=load_rgb, is_valid_file=is_image, allow_empty=True)
+    except FileNotFoundError as e:  # no class sub-folder at all
+        raise ImageDataError(f"{root} has no class sub-folders (expected {root}/CLASS/IMAGE.jpg): {e}") from e
+    counts = np.bincount(folder.targets, minlength=len(folder.classes))
+    empty = [os.path.join(root, c) for c, n in zip(folder.classes, counts) if n == 0]
+    if empty:
+        raise ImageDataError(
+            f"class folder(s) without images: {', '.join(empty)} (extensions: {', '.join(IMG_EXTENSIONS)})"
+        )
+    if skipped:
+        listed = ", ".join(sorted(skipped)[:20]) + (", ..." if len(skipped) > 20 else "")
+        logger.warning(f"{root}: skipped {len(skipped)} file(s) without an image extension: {listed}")
+    return folder
+
+
+class _IdxImages:
+    """MNIST-format images and labels (the idx files, gzipped or not) as (PIL image, label) pairs."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.targets = images, labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return Image.fromarray(self.images[index]), int(self.targets[index])
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """The idx format: 2 zero bytes, a type byte (0x08: uint8), ndim, big-endian int32 dims, data."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    if data[:3] != b"\x00\x00\x08":
+        raise ImageDataError(f"{path} is not an idx file of bytes")
+    shape = np.frombuffer(data, ">i4", ndim, 4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(root: str, name: str, subdir: str):
+    """Debian's layout (ROOT/NAME.gz) or torchvision's (ROOT/FashionMNIST/raw/NAME)."""
+    for directory in (root, os.path.join(root, "raw"), os.path.join(root, subdir, "raw")):
+        for candidate in (name, name + ".gz"):
+            if os.path.isfile(os.path.join(directory, candidate)):
+                return os.path.join(directory, candidate)
+    return None
+
+
+def named_dataset(name: str, root: str, train: bool):
+    """A torchvision dataset from ``root``; downloaded there by torchvision only if absent."""
+    info = NAMED[name]
+    require_dir(root, f"{name} data root")
+    if info.torchvision_class.endswith("MNIST"):
+        prefix = "train" if train else "t10k"
+        files = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+        if any(_find_idx(root, f, info.torchvision_class) is None for f in files):
+            _download(name, root, train)
+        return _IdxImages(*(_read_idx(_find_idx(root, f, info.torchvision_class)) for f in files))
+    cls = getattr(torchvision.datasets, info.torchvision_class)
+    try:
+        return cls(root, train=train)
+    except RuntimeError:  # "Dataset not found or corrupted"
+        _download(name, root, train)
+        return cls(root, train=train)
+
+
+def _download(name: str, root: str, train: bool) -> None:
+    logger.info(f"{name} not found under {root}: asking torchvision to download it there")
+    try:
+        getattr(torchvision.datasets, NAMED[name].torchvision_class)(root, train=train, download=True)
+    except Exception as e:  # no network, a proxy, a full disk: all end here
+        raise FileNotFoundError(
+            f"{name} is not under {root} and torchvision could not download it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); put the files there (Debian: apt-get install "
+            f"dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist)"
+        ) from e
+
+
+def reseed(*keys: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators, all of which timm's transforms
+    draw from, from ``keys``. Nothing needs the old states back: fairseq draws its own
+    randomness under its own seeds (``numpy_seed`` contexts, torch reseeded every update)."""
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # torch.manual_seed also visits every accelerator: 100x slower
+
+
+class ImageDataset(FairseqDataset):
+    """Images through a transform, batched by fairseq as one-"token" examples.
+
+    For training (``shuffle``), the order is a new permutation each epoch (fairseq
+    draws it under ``seed + epoch``) and each example's random augmentation is seeded
+    by (seed, epoch, index): the same run gives the same batches and the same
+    augmented images, with any ``--num-workers``, and a resumed run as well.
+    """
+
+    def __init__(self, source, transform: Callable, shuffle: bool = False, seed: int = 1):
+        self.source, self.transform, self.shuffle, self.seed = source, transform, shuffle, seed
+        self.epoch = 1
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.shuffle:
+            reseed(self.seed, self.epoch, index)
+        image, target = self.source[index]
+        return {"id": index, "image": self.transform(image), "target": target}
+
+    def collater(self, samples: List[dict]) -> dict:
+        if not samples:
+            return {}
+        return {
+            "id": torch.tensor([s["id"] for s in samples]),
+            "nsentences": len(samples),
+            "ntokens": len(samples),
+            "net_input": {"images": torch.stack([s["image"] for s in samples])},
+            "target": torch.tensor([s["target"] for s in samples]),
+        }
+
+    def num_tokens(self, index: int) -> int:
+        return 1
+
+    def size(self, index: int) -> int:
+        return 1
+
+    def ordered_indices(self) -> np.ndarray:
+        return np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return not self.shuffle  # a training epoch regroups the examples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
