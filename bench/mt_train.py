@@ -1,0 +1,105 @@
+"""MT training throughput and peak memory: ResMLP vs fairseq's Transformer at matched size.
+
+One unit of work is a forward + backward + Adam step (fairseq's FairseqAdam, as
+fairseq-train uses on CPU) with label-smoothed cross-entropy on one batch of at most
+--max-tokens tokens; the two models alternate step by step over the same K batches,
+--repeats passes. Throughput: target tokens (fairseq's "wps") of the K batches over the
+sum of each batch's median step time; the ratio is the median of the per-step ratios.
+
+Peak memory: each contender runs the same K steps in a fresh interpreter, which
+resets the kernel's resident-set high-water mark (/proc/self/clear_refs) just before
+building the model; the figure is VmHWM minus the RSS at that moment, i.e. the peak
+resident memory added by parameters, gradients, Adam state and activations (plus
+whatever the allocator keeps), with interpreter, libraries and data excluded.
+
+    python bench/mt_train.py                       # demo and wmt sizes, synthetic batches
+    python bench/mt_train.py --data DATA_BIN       # real batches from DATA_BIN's train split
+"""
+import argparse
+import json
+
+from fairseq import optim
+
+from benchlib import (cycling, environment, in_fresh_processes, interleaved, paired_speedup, parser, pass_seconds, ratio_line,
+                      report, reset_peak_rss, rss_kib, setup)
+from mtlib import MODELS, SIZES, batches, multi30k_like, setup_task
+
+TARGET_SPEED, TARGET_MEMORY = 1.3, 1.0
+
+
+class TrainingRun:
+    """One contender: model, criterion and Adam as fairseq-train builds them, from (cfg, task)."""
+
+    def __init__(self, cfg, task):
+        self.task, self.model = task, task.build_model(cfg.model)
+        self.criterion = task.build_criterion(cfg.criterion)
+        self.optimizer = optim.build_optimizer(cfg.optimizer, [p for p in self.model.parameters() if p.requires_grad])
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def __call__(self, samples) -> None:
+        for update, sample in enumerate(samples):
+            self.task.train_step(sample, self.model, self.criterion, self.optimizer, update)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+
+
+def training_batches(args, task, size: str, count: int):
+    """The batches both contenders train on (deterministic, so fresh processes agree)."""
+    if args.data:
+        task.load_dataset("train")
+        dataset = task.dataset("train")
+    else:
+        dataset = multi30k_like(task, 4000 if args.tiny else 29000, SIZES[size]["positions"])
+    return batches(task, dataset, SIZES[size]["positions"], count, max_tokens=args.max_tokens)
+
+
+def peak_memory_child(args) -> None:
+    cfg, task = setup_task(args.memory_of, args.size, args.data)
+    samples = training_batches(args, task, args.size, args.batches)
+    base = reset_peak_rss()
+    TrainingRun(cfg, task)(samples)
+    print(json.dumps({"peak_mib": (rss_kib("VmHWM") - base) / 1024}))
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="demo,wmt", help=f"comma-separated, of {', '.join(SIZES)}")
+    p.add_argument("--data", help="a fairseq data-bin: train on its train split instead of synthetic pairs")
+    p.add_argument("--batches", type=int, help="batches per timed round (default 6; wmt size 2)")
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    setup(args)
+    if args.memory_of:
+        return peak_memory_child(args)
+    sizes = ["tiny"] if args.tiny else args.sizes.split(",")
+    env = environment(args.threads)
+    rows, ratios, raw = [], [], {}
+    for size in sizes:
+        k = args.batches or (1 if args.tiny else 2 if size == "wmt" else 6)
+        child_args = ["--size", size, "--batches", str(k), "--max-tokens", str(args.max_tokens),
+                      *(["--tiny"] if args.tiny else []), *(["--data", args.data] if args.data else [])]
+        children = in_fresh_processes(__file__, [["--memory-of", m, *child_args] for m in MODELS], args.threads)
+        memory = {m: child["peak_mib"] for m, child in zip(MODELS, children)}
+        runs = {m: TrainingRun(*setup_task(m, size, args.data)) for m in MODELS}
+        samples = training_batches(args, runs["resmlp"].task, size, k)
+        tokens = sum(s["ntokens"] for s in samples)
+        seconds = interleaved({m: cycling(lambda s, r=runs[m]: r([s]), samples) for m in MODELS},
+                              k * (args.repeats or (2 if args.tiny else 5)))
+        speed = {m: tokens / pass_seconds(seconds[m], k) for m in MODELS}
+        for m in MODELS:
+            rows.append([size, m, runs[m].params / 1e6, len(samples), tokens, speed[m], memory[m]])
+        ratios.append(ratio_line(f"resmlp/transformer training tokens/s [{size}]",
+                                 paired_speedup(seconds, "resmlp", "transformer"), TARGET_SPEED))
+        ratios.append(ratio_line(f"resmlp/transformer training peak memory [{size}]",
+                                 memory["resmlp"] / memory["transformer"], TARGET_MEMORY, better_high=False))
+        raw[size] = {"seconds_per_step": seconds, "target_tokens": tokens, "peak_mib": memory}
+    source = f"batches of {args.data}/train" if args.data else "synthetic Multi30k-like batches"
+    report([(f"MT training: fwd+bwd+Adam, label-smoothed CE, {source}, --max-tokens {args.max_tokens}",
+             ["size", "model", "params M", "batches", "tgt tokens", "tokens/s", "peak MiB"], rows)],
+           ratios, env, args.out, raw=raw)
+
+
+if __name__ == "__main__":
+    main()

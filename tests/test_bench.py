@@ -1,0 +1,70 @@
+"""The benches: each runs in --tiny mode and prints its table; the paths they rely on are exact.
+
+No timing is asserted: the numbers depend on the machine and its load.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+sys.path.insert(0, BENCH)
+SCRIPTS = {
+    "mt_train.py": ("== MT training", "ratio resmlp/transformer training tokens/s [tiny]"),
+    "mt_generate.py": ("== MT generation", "ratio resmlp/transformer beam-4 sentences/s [tiny]"),
+    "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """All three benches in --tiny mode, started together to keep the wall-clock time down."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = {
+        script: subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, script), "--tiny", "--threads", "1", "--out", str(out / f"{script}.json")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for script in SCRIPTS
+    }
+    results = {}
+    for script, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[script] = (proc.returncode, stdout, stderr, out / f"{script}.json")
+    return results
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_tiny_bench_prints_its_table(tiny_runs, script):
+    code, stdout, stderr, json_file = tiny_runs[script]
+    assert code == 0, stderr[-3000:]
+    header, ratio = SCRIPTS[script]
+    assert header in stdout and ratio in stdout, stdout
+    assert "machine: " in stdout and "versions: python" in stdout and "torch" in stdout
+    assert json_file.exists()
+
+
+def test_converted_timm_weights_give_timm_logits():
+    from vision import max_logit_difference, pair
+
+    ours, reference = pair("s12", num_classes=10, img_size=64)
+    assert max_logit_difference(ours, reference, img_size=64) < 1e-4
+
+
+def test_generation_checkpoint_loads_through_fairseq(tmp_path):
+    """mt_generate --data hands fairseq-generate checkpoints written by ``checkpoint``."""
+    from fairseq import checkpoint_utils
+    from mt_generate import checkpoint
+    from mtlib import build
+
+    for model_name in ("resmlp", "transformer"):
+        cfg, task, model = build(model_name, "tiny", None)
+        path = checkpoint(cfg, model, str(tmp_path / f"{model_name}.pt"))
+        (loaded,), _ = checkpoint_utils.load_model_ensemble([path], task=task)
+        assert type(loaded) is type(model)
+        for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), name
