@@ -60,14 +60,18 @@ def wait_all(procs, logs, timeout=300):
     return [open(log).read() for log in logs]
 
 
-def data_parallel(data, save_dir, max_update, logdir, tag, single=None):
-    """Two ranks of fairseq-train (and, optionally, one more process alongside)."""
+def data_parallel(data, save_dir, max_update, logdir, tag, single=None, make_args=None):
+    """Two ranks of fairseq-train (and, optionally, one more process alongside).
+
+    ``make_args(save_dir, max_update, *extra)`` gives a rank's command (default: ``args``
+    on DATA, the translation run)."""
+    make_args = make_args or (lambda *a: args(data, *a))
     port = free_port()
     dist = ["--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo",
             "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-world-size", "2",
             "--distributed-no-spawn"]
     logs = [logdir / f"{tag}_rank{r}.log" for r in (0, 1)]
-    procs = [launch(args(data, save_dir, max_update, *dist, "--distributed-rank", r), logs[r]) for r in (0, 1)]
+    procs = [launch(make_args(save_dir, max_update, *dist, "--distributed-rank", r), logs[r]) for r in (0, 1)]
     if single is not None:
         logs.append(logdir / f"{tag}_single.log")
         procs.append(launch(single, logs[-1]))

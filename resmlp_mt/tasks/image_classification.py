@@ -121,6 +121,19 @@ class ImageClassificationTask(FairseqTask):
             crop_pct = 1.0 if native else 0.9
         return create_transform(**common, crop_pct=crop_pct, interpolation="bicubic")
 
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """With ``--num-workers 0`` the images are loaded on the training thread itself.
+
+        timm's and torchvision's transforms draw from the global ``random``, NumPy and
+        torch generators, which ``ImageDataset`` reseeds per example. In a worker process
+        that is private; in fairseq's in-process prefetch thread (``--data-buffer-size``)
+        it would race with dropout, stochastic depth and Mixup on the training thread,
+        and make runs (and resumed runs) differ.
+        """
+        if kwargs.get("num_workers", 0) == 0:
+            kwargs["data_buffer_size"] = 0
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
     def max_positions(self):
         return None
 
