@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "sacremoses",
         "matplotlib",
+        "safetensors",
     ],
     entry_points={
         "console_scripts": [
@@ -32,7 +33,7 @@ setup(
             "resmlp-prep-multi30k=resmlp_mt.prep.multi30k:main",
             "resmlp-prep-wmt14=resmlp_mt.prep.wmt14:main",
             "resmlp-convert=resmlp_mt.convert:main",
-            "resmlp-visualize=resmlp_mt.visualize:main",
+            "resmlp-show-mixing=resmlp_mt.visualize:main",
             "resmlp-export-safe=resmlp_mt.safe_load:main",
         ]
     },

@@ -43,7 +43,7 @@ fairseq-validate "$DATA" --user-dir "$USER_DIR" --task image_classification \
     2>&1 | tee "$WORK/test.log" | grep "valid on"
 
 echo "== token-mixing pictures"
-python -m resmlp_mt.visualize "$WORK/checkpoints/checkpoint_last.pt" "$WORK/mixing" --layers 0 1 2 3 2> "$WORK/mixing.log"
+resmlp-show-mixing "$WORK/checkpoints/checkpoint_last.pt" "$WORK/mixing" --layers 0 1 2 3 2> "$WORK/mixing.log"
 
 accuracy=$(grep -o "accuracy [0-9.]*" "$WORK/test.log" | tail -1 | cut -d' ' -f2)
 echo "== Fashion-MNIST test top-1: ${accuracy}%  (training ${trained} s, total $(( $(date +%s) - start )) s)"
