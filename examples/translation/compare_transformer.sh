@@ -5,7 +5,9 @@
 # schedule, batch size, beam and scoring (train_eval.sh). Prints BLEU, training
 # tokens/s and parameter counts in one table.
 #
-# Settings: as demo.sh (PAIR, MULTI30K_DIR, MINUTES, MAX_UPDATE, WORK=runs/compare-PAIR, THREADS).
+# Settings: as demo.sh (PAIR, MULTI30K_DIR, MINUTES, MAX_UPDATE, WORK=runs/compare-PAIR, THREADS),
+# and PARALLEL=1 to train both at once with THREADS/2 threads each (half the wall-clock
+# time; both still get the same budget and the same share of the machine).
 set -euo pipefail
 here=$(dirname "$0")
 export PAIR=${PAIR:-en-de}
@@ -16,11 +18,24 @@ prep_args=(--pair "$PAIR" --out "$WORK/data")
 [ -n "${MULTI30K_DIR:-}" ] && prep_args+=(--raw-dir "$MULTI30K_DIR")
 resmlp-prep-multi30k "${prep_args[@]}"
 
+source "$here/demo_config.sh"  # the demo's schedule, for both models
 common=(--share-all-embeddings --encoder-layers 3 --decoder-layers 3 --dropout 0.1)
-"$here/train_eval.sh" "$WORK/data" "$WORK/transformer" --arch transformer "${common[@]}" \
-    --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 \
-    --encoder-attention-heads 4 --decoder-attention-heads 4
-"$here/train_eval.sh" "$WORK/data" "$WORK/resmlp_small" --arch resmlp_small "${common[@]}"
+transformer=("$here/train_eval.sh" "$WORK/data" "$WORK/transformer" --arch transformer "${common[@]}"
+    --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
+    --encoder-attention-heads 4 --decoder-attention-heads 4)
+resmlp=("$here/train_eval.sh" "$WORK/data" "$WORK/resmlp_small" "${DEMO_MODEL_ARGS[@]}")
+if [ "${PARALLEL:-0}" = 1 ]; then
+    half=$(( ${THREADS:-2} / 2 > 0 ? ${THREADS:-2} / 2 : 1 ))
+    echo "== training both at once, $half thread(s) each"
+    OMP_NUM_THREADS=$half MKL_NUM_THREADS=$half "${transformer[@]}" > "$WORK/transformer.out" 2>&1 &
+    first=$!
+    OMP_NUM_THREADS=$half MKL_NUM_THREADS=$half "${resmlp[@]}" > "$WORK/resmlp_small.out" 2>&1 &
+    wait "$first" && wait $!
+    tail -n 3 "$WORK/transformer.out" "$WORK/resmlp_small.out"
+else
+    "${transformer[@]}"
+    "${resmlp[@]}"
+fi
 
 python - "$WORK" <<'PY'
 import re, sys

@@ -8,6 +8,7 @@
 #                          unset: downloaded from github.com/multi30k/dataset when the network allows
 #   MINUTES=18             training wall-clock budget, in minutes
 #   MAX_UPDATE=0           stop after this many updates instead (0: no limit; used by the tests)
+#   LR, WARMUP, MAX_TOKENS, AVERAGE, SAVE_EVERY   the schedule (defaults: demo_config.sh)
 #   WORK=runs/demo-PAIR    where data, checkpoints and outputs go
 #   THREADS=2              torch threads
 set -euo pipefail
@@ -21,5 +22,5 @@ prep_args=(--pair "$PAIR" --out "$WORK/data")
 [ -n "${MULTI30K_DIR:-}" ] && prep_args+=(--raw-dir "$MULTI30K_DIR")
 resmlp-prep-multi30k "${prep_args[@]}"
 
-"$here/train_eval.sh" "$WORK/data" "$WORK/resmlp_small" \
-    --arch resmlp_small --share-all-embeddings --encoder-layers 3 --decoder-layers 3 --dropout 0.1
+source "$here/demo_config.sh"
+"$here/train_eval.sh" "$WORK/data" "$WORK/resmlp_small" "${DEMO_MODEL_ARGS[@]}"

@@ -6,7 +6,9 @@
 #
 # DATA is resmlp-prep-multi30k's output (data-bin/, test.raw.*); OUT receives train.log,
 # checkpoints/, generate-test.txt and bleu.txt. Settings (environment): PAIR, MINUTES,
-# MAX_UPDATE (0: no limit), LR, WARMUP, MAX_TOKENS, as in demo.sh.
+# MAX_UPDATE (0: no limit), LR, WARMUP, MAX_TOKENS, as in demo.sh; AVERAGE=N (default 0)
+# saves a checkpoint every SAVE_EVERY (default 100) updates and translates with the
+# average of the last N-1 of them and the final one (resmlp-average-checkpoints).
 set -euo pipefail
 DATA=$1 OUT=$2
 shift 2
@@ -15,6 +17,16 @@ SRC=${PAIR%-*} TGT=${PAIR#*-}
 MINUTES=${MINUTES:-18}
 USER_DIR=$(cd "$(dirname "$0")/../.." && pwd)/resmlp_mt
 mkdir -p "$OUT"
+if [ -e "$OUT/checkpoints/checkpoint_last.pt" ]; then
+    # fairseq would resume from it, and the time budget would no longer mean what it says
+    old="$OUT/checkpoints.$(date +%Y%m%d-%H%M%S)"
+    echo "== $OUT/checkpoints holds an earlier run: moved to $old"
+    mv "$OUT/checkpoints" "$old"
+fi
+
+AVERAGE=${AVERAGE:-0}
+save_args=(--no-epoch-checkpoints)
+[ "$AVERAGE" -gt 1 ] && save_args+=(--save-interval-updates "${SAVE_EVERY:-100}" --keep-interval-updates $((AVERAGE - 1)))
 
 echo "== training for at most $MINUTES minutes: $* (log: $OUT/train.log)"
 start=$(date +%s)
@@ -25,14 +37,25 @@ fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens "${MAX_TOKENS:-4096}" --max-update "${MAX_UPDATE:-0}" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
-    --save-dir "$OUT/checkpoints" --no-epoch-checkpoints --seed 1 --cpu \
+    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed 1 --cpu \
     --log-format simple --log-interval 25 2>&1 | tee "$OUT/train.log" \
     | grep --line-buffered -E "train_inner|valid on|done training|Error|error"
 echo "   trained in $(( $(date +%s) - start )) s"
 
-echo "== translating test2016 with beam 4"
+model="$OUT/checkpoints/checkpoint_best.pt"
+if [ "$AVERAGE" -gt 1 ]; then
+    # the final state and the newest interval checkpoints before it
+    # (a stop right at an interval made checkpoint_last.pt a copy of the newest one: skip it)
+    mapfile -t recent < <(for f in $(ls -t "$OUT"/checkpoints/checkpoint_*_*.pt); do
+        cmp -s "$f" "$OUT/checkpoints/checkpoint_last.pt" || echo "$f"; done | head -n $((AVERAGE - 1)))
+    model="$OUT/checkpoints/checkpoint_avg.pt"
+    echo "== averaging checkpoint_last.pt and ${recent[*]##*/}"
+    resmlp-average-checkpoints --inputs "$OUT/checkpoints/checkpoint_last.pt" "${recent[@]}" --output "$model"
+fi
+
+echo "== translating test2016 with beam 4 (${model##*/})"
 fairseq-generate "$DATA/data-bin" --user-dir "$USER_DIR" --source-lang "$SRC" --target-lang "$TGT" \
-    --path "$OUT/checkpoints/checkpoint_best.pt" --gen-subset test --beam 4 --batch-size 128 \
+    --path "$model" --gen-subset test --beam 4 --batch-size 128 \
     --post-process sentencepiece --cpu > "$OUT/generate-test.txt" 2> "$OUT/generate-test.log"
 grep -ho "Translated .*" "$OUT/generate-test.log" || true
 resmlp-score "$OUT/generate-test.txt" --ref "$DATA/test.raw.$TGT" --src "$DATA/test.raw.$SRC" --examples 5 \

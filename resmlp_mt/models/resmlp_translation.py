@@ -8,6 +8,13 @@ There are no positional embeddings: row i of the token-mixing matrix already is
 position i. ``--max-source-positions`` / ``--max-target-positions`` therefore fix
 the matrices' sizes, and fairseq's length filtering and generation limits follow
 them through ``max_positions()``.
+
+Norm: LayerNorm by default, not the paper's vision Aff. Measured on Multi30k En-De
+(3+3 layers, d 256, shared embeddings; loss in bits after 50 updates of 1,500
+tokens): LayerNorm 18.4, Aff 20.4; with the prefix-mean token-mixing init and
+LayerScale 1.0 (the demo's set-up), LayerNorm 12.4 while Aff diverged (63.2). Aff
+passes the scale of the sqrt(d)-scaled embeddings (tied with the output projection)
+on to every sublayer; LayerNorm resets it in each block. ``--norm affine`` remains.
 """
 import os
 from dataclasses import dataclass, field
@@ -81,6 +88,26 @@ def _drop_path_rates(rate: float, depth: int) -> List[float]:
     return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
+def _blocks(cfg, dim: int, positions: int, mixing: str, hidden_dim: int, depth: int, cross_attention=None):
+    """The encoder's or the decoder's stack; ``cross_attention()`` makes each block's own."""
+    return nn.ModuleList(
+        ResMLPBlock(
+            dim,
+            positions,
+            mixing=mixing,
+            mixing_init=cfg.token_mixing_init,
+            hidden_dim=hidden_dim,
+            norm=cfg.norm,
+            layerscale_init=cfg.layerscale_init,
+            dropout=cfg.dropout,
+            activation_dropout=cfg.activation_dropout,
+            drop_path=rate,
+            cross_attention=cross_attention() if cross_attention else None,
+        )
+        for rate in _drop_path_rates(cfg.drop_path, depth)
+    )
+
+
 class ResMLPEncoder(FairseqEncoder):
     def __init__(self, cfg: ResMLPTranslationConfig, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
@@ -90,21 +117,8 @@ class ResMLPEncoder(FairseqEncoder):
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
-        self.layers = nn.ModuleList(
-            ResMLPBlock(
-                dim,
-                cfg.max_source_positions,
-                mixing="padded",
-                mixing_init=cfg.token_mixing_init,
-                hidden_dim=cfg.encoder_ffn_embed_dim,
-                norm=cfg.norm,
-                layerscale_init=cfg.layerscale_init,
-                dropout=cfg.dropout,
-                activation_dropout=cfg.activation_dropout,
-                drop_path=rate,
-            )
-            for rate in _drop_path_rates(cfg.drop_path, cfg.encoder_layers)
-        )
+        self.layers = _blocks(cfg, dim, cfg.max_source_positions, "padded", cfg.encoder_ffn_embed_dim,
+                              cfg.encoder_layers)
         self.final_norm = make_norm(cfg.norm, dim)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs):
@@ -145,28 +159,16 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
-        self.layers = nn.ModuleList(
-            ResMLPBlock(
+        self.layers = _blocks(
+            cfg, dim, cfg.max_target_positions, "causal", cfg.decoder_ffn_embed_dim, cfg.decoder_layers,
+            cross_attention=lambda: MultiheadAttention(
                 dim,
-                cfg.max_target_positions,
-                mixing="causal",
-                mixing_init=cfg.token_mixing_init,
-                hidden_dim=cfg.decoder_ffn_embed_dim,
-                norm=cfg.norm,
-                layerscale_init=cfg.layerscale_init,
-                dropout=cfg.dropout,
-                activation_dropout=cfg.activation_dropout,
-                drop_path=rate,
-                cross_attention=MultiheadAttention(
-                    dim,
-                    cfg.decoder_attention_heads,
-                    kdim=cfg.encoder_embed_dim,
-                    vdim=cfg.encoder_embed_dim,
-                    dropout=cfg.attention_dropout,
-                    encoder_decoder_attention=True,
-                ),
-            )
-            for rate in _drop_path_rates(cfg.drop_path, cfg.decoder_layers)
+                cfg.decoder_attention_heads,
+                kdim=cfg.encoder_embed_dim,
+                vdim=cfg.encoder_embed_dim,
+                dropout=cfg.attention_dropout,
+                encoder_decoder_attention=True,
+            ),
         )
         self.final_norm = make_norm(cfg.norm, dim)
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
