@@ -13,9 +13,8 @@ and the pooling are not counted), N = (img / patch)^2 patches, d channels:
     head              d * classes
 A training step (forward, backward, AdamW) is counted as 3x the forward FLOPs.
 
-Until resmlp_mt/models/resmlp_image.py lands, ``OurResMLP`` below is the image model
-(patch conv -> ResMLPBlock(mixing="full", norm="affine") x depth -> Affine -> mean over
-patches -> linear) and ``from_timm`` the key mapping.
+Our model is the plugin's ``ResMLPImageModel`` (``build_resmlp_image``), its weights
+timm's through ``resmlp_mt.convert.from_timm``, the same path ``resmlp-convert`` takes.
 
     python bench/vision.py                 # S12 and S24 at 224 px
 """
@@ -26,62 +25,25 @@ import torch
 from torch import nn
 
 from benchlib import environment, interleaved, median, paired_speedup, parser, ratio_line, report, setup
-from resmlp_mt.modules import Affine, ResMLPBlock
+from resmlp_mt.convert import from_timm
+from resmlp_mt.models.resmlp_image import ARCHS as OUR_ARCHS, build_resmlp_image
 
-ARCHS = {"s12": ("resmlp_12_224", 12, 0.1), "s24": ("resmlp_24_224", 24, 1e-5)}  # timm name, depth, LayerScale init
+ARCHS = {"s12": ("resmlp_12_224", "resmlp_s12"), "s24": ("resmlp_24_224", "resmlp_s24")}  # timm's name, ours
 DIM, PATCH = 384, 16
 TARGET_SPEED, TARGET_PEAK = 1.0, 0.75
-
-
-class OurResMLP(nn.Module):
-    def __init__(self, depth: int, layerscale_init: float, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(in_chans, DIM, PATCH, PATCH)
-        num_patches = (img_size // PATCH) ** 2
-        self.blocks = nn.ModuleList(
-            ResMLPBlock(DIM, num_patches, mixing="full", norm="affine", layerscale_init=layerscale_init)
-            for _ in range(depth)
-        )
-        self.norm = Affine(DIM)
-        self.head = nn.Linear(DIM, num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images).flatten(2).permute(2, 0, 1)  # (N, B, C): token mixing is one GEMM
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x).mean(0))
-
-
-TIMM_TO_OURS = [  # (timm key pattern, our key); Affine/LayerScale vectors are reshaped to (d,)
-    (r"stem\.proj\.(weight|bias)", r"patch_embed.\1"),
-    (r"blocks\.(\d+)\.ls([12])", r"blocks.\1.ls\2.gamma"),
-    (r"blocks\.(\d+)\.linear_tokens\.(weight|bias)", r"blocks.\1.token_mixing.\2"),
-    (r"blocks\.(\d+)\.mlp_channels\.(fc[12]\.(?:weight|bias))", r"blocks.\1.mlp.\2"),
-    (r"(blocks\.\d+\.norm[12]|norm)\.(alpha|beta)", r"\1.\2"),
-    (r"head\.(weight|bias)", r"head.\1"),
-]
-
-
-def from_timm(state_dict: dict) -> dict:
-    """timm's ResMLP state dict in our keys and shapes."""
-    out = {}
-    for key, value in state_dict.items():
-        ours = next(re.sub(p, r, key) for p, r in TIMM_TO_OURS if re.fullmatch(p, key))
-        out[ours] = value.reshape(-1) if re.search(r"\.(alpha|beta)$|\.ls[12]$", key) else value
-    return out
 
 
 def pair(arch: str, num_classes: int, img_size: int):
     """(ours, timm) with the same weights. timm's zero-initialised head, and its LayerScale and
     Affine constants, are randomised first: the logits the equivalence check compares are then
     not all zero, and every block contributes to them."""
-    name, depth, init = ARCHS[arch]
+    name, ours_name = ARCHS[arch]
     reference = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
     with torch.no_grad():
         for key, p in reference.named_parameters():
             if re.search(r"\.(alpha|beta)$|\.ls[12]$|^head\.", key):
                 p.normal_(1.0 if key.endswith("alpha") else 0.0, 0.2)
-    ours = OurResMLP(depth, init, num_classes, img_size)
+    ours = build_resmlp_image(ours_name, num_classes, img_size=img_size)
     ours.load_state_dict(from_timm(reference.state_dict()))
     return ours, reference
 
@@ -116,7 +78,7 @@ def main() -> None:
         ours, reference = pair(arch, classes, img)
         diff = max_logit_difference(ours, reference, img)
         ratios.append(f"check [{arch}]: max |ours - timm| logit difference {diff:.2e} (same weights)")
-        fwd = forward_gflop(ARCHS[arch][1], classes, img)
+        fwd = forward_gflop(OUR_ARCHS[ARCHS[arch][1]]["depth"], classes, img)
         for mode, batch in (("infer", 1), ("infer", big), ("train", big)):
             images = torch.randn(batch, 3, img, img)
             labels = torch.randint(0, classes, (batch,))

@@ -25,19 +25,40 @@ def multi30k_like(tmp_path_factory):
     return raw
 
 
+def run_example(script, raw_dir, work, **settings):
+    """An examples/translation script as `make demo` runs it, on Multi30k-like files; its stdout."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MULTI30K_DIR": str(raw_dir), "WORK": str(work),
+           "MINUTES": "5", **{k: str(v) for k, v in settings.items()}}
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples/translation", script)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
     """``make demo`` runs examples/translation/demo.sh; this is that script with 4 updates."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MULTI30K_DIR": str(multi30k_like),
-           "WORK": str(tmp_path / "demo"), "MAX_UPDATE": "4", "MINUTES": "5", "THREADS": "1"}
-    proc = subprocess.run(["bash", os.path.join(REPO, "examples/translation/demo.sh")], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_example("demo.sh", multi30k_like, tmp_path / "demo", MAX_UPDATE=4, THREADS=1, SAVE_EVERY=1)
+    # the last 5 checkpoints of 4 updates: checkpoint_last.pt (update 4) and updates 3, 2, 1
+    assert "== averaging checkpoint_last.pt and checkpoint_1_3.pt checkpoint_1_2.pt checkpoint_1_1.pt" in out, out
     assert "sentences scored: 21 of 21" in out
     assert re.search(r"^BLEU = [\d.]+ ", out, re.M), out[-2000:]
     assert re.search(r"signature: nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:", out)
     assert out.count("\nHYP  ") == 5 and out.count("\nREF  ") == 5
+
+
+@pytest.mark.slow
+def test_compare_transformer_prints_its_table(multi30k_like, tmp_path):
+    """compare_transformer.sh, two models at a time, with 3 updates each."""
+    out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2, PARALLEL=1)
+    rows = re.findall(r"^(resmlp_small|transformer|transformer_prenorm) +([\d.]+) +(\d+) +(\d+) +([\d,]+)$",
+                      out, re.M)
+    assert [r[0] for r in rows] == ["resmlp_small", "transformer", "transformer_prenorm"], out
+    assert all(r[3] == "3" for r in rows)
+    params = {name: int(p.replace(",", "")) for name, *_, p in rows}
+    # pre-norm adds a final LayerNorm (weight and bias, d 256) to the encoder and to the decoder
+    assert params["transformer_prenorm"] == params["transformer"] + 2 * 2 * 256
+    assert params["transformer"] > params["resmlp_small"]
 
 
 def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):
