@@ -9,11 +9,12 @@ sentences over the sum of each batch's median time; ratio: median of per-batch r
 = L with --max-len-a 0: EOS is banned before step L and forced at it, so both models
 decode exactly L + 1 steps per sentence and do the same amount of beam search.
 
-Decoder step: the ResMLP decoder alone, one incremental step (a batch of beam x
-batch-size hypotheses) after a cached prefix of t tokens, with and without the
-reorder of the cache that beam search does after each step. Causal token mixing reads
-the whole cached prefix, so a step costs a + b*t, b proportional to hypotheses x d x
-layers: the fitted slope is printed, also per (position x hypothesis x channel x layer).
+Decoder step: the ResMLP decoder alone, the incremental step (a batch of beam x
+batch-size hypotheses) after a cached prefix of t tokens, along whole decodings with
+and without the reorder of the caches that beam search does after each step. Causal
+token mixing reads the whole cached prefix, so a step costs a + b*t, b proportional to
+hypotheses x d x layers: the fitted slope is printed, also per (position x hypothesis x
+channel x layer).
 
     python bench/mt_generate.py                    # demo and wmt sizes, synthetic sources
     python bench/mt_generate.py --data DATA_BIN    # fairseq-generate on DATA_BIN's test split
@@ -24,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -93,29 +95,42 @@ def with_cli(args, size: str, models: dict):
 
 
 def decoder_steps(args, size: str, model, prefixes):
-    """Median seconds of one incremental decoder step after each prefix length, interleaved."""
-    hyps = 4 * args.batch_size
+    """Median seconds of the incremental decoder step after a prefix of t tokens, for each t
+    in ``prefixes``, along whole decodings as beam search runs them: beam 4 over
+    --batch-size sentences (fairseq's expansion of the encoder output, beamable
+    cross-attention), with or without the reorder of every cache after each step (each
+    hypothesis continuing one of its sentence's beams). The two kinds of decoding
+    alternate, --repeats of each; the figure for t is the median over repeats of the
+    steps t-2 .. t+2."""
+    beam, sentences = 4, args.batch_size
+    hyps, steps = beam * sentences, max(prefixes) + 1
     d = model.decoder.dictionary
-    src = torch.randint(d.nspecial, len(d), (hyps, 16))
-    tokens = torch.randint(d.nspecial, len(d), (hyps, max(prefixes) + 1))
-    order = torch.randperm(hyps)
-    with torch.no_grad():
-        enc = model.encoder(src, torch.full((hyps,), 16))
-        state, snapshots = {}, {}
-        for t in range(max(prefixes) + 1):  # snapshots[t]: the incremental state after t tokens
-            if t in prefixes:
-                snapshots[t] = {k: dict(v) for k, v in state.items()}
-            model.decoder(tokens[:, : t + 1], enc, incremental_state=state)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randint(d.nspecial, len(d), (sentences, 16), generator=gen)
+    tokens = torch.randint(d.nspecial, len(d), (hyps, steps), generator=gen)
+    expand = torch.arange(sentences).repeat_interleave(beam)
+    orders = [expand * beam + torch.randint(beam, (hyps,), generator=gen) for _ in range(steps)]
 
-        def step(t, reorder):
-            s = {k: dict(v) for k, v in snapshots[t].items()}
-            model.decoder(tokens[:, : t + 1], enc, incremental_state=s)
+    def decode(reorder: bool) -> list:
+        seconds, state = [], {}
+        encoder_out = model.encoder.reorder_encoder_out(model.encoder(src, torch.full((sentences,), 16)), expand)
+        for t in range(steps):
+            start = time.perf_counter()
+            model.decoder(tokens[:, : t + 1], encoder_out, incremental_state=state)
             if reorder:
-                model.decoder.reorder_incremental_state_scripting(s, order)
+                model.decoder.reorder_incremental_state_scripting(state, orders[t])
+                encoder_out = model.encoder.reorder_encoder_out(encoder_out, orders[t])
+            seconds.append(time.perf_counter() - start)
+        return seconds
 
-        runs = {(t, r): (lambda t=t, r=r: step(t, r)) for t in prefixes for r in (False, True)}
-        seconds = interleaved(runs, args.repeats or (3 if args.tiny else 15))
-    return hyps, {k: median(v) for k, v in seconds.items()}
+    with torch.no_grad():
+        decode(True)  # warm-up
+        runs = {False: [], True: []}
+        for _ in range(args.repeats or (2 if args.tiny else 5)):
+            for reorder in runs:
+                runs[reorder].append(decode(reorder))
+    return hyps, {(t, r): median([s for run in runs[r] for s in run[max(t - 2, 0) : t + 3]])
+                  for t in prefixes for r in runs}
 
 
 def main() -> None:

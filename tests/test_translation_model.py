@@ -129,3 +129,33 @@ def test_checkpoint_that_does_not_fit_gets_a_clear_error():
     with pytest.raises(ValueError, match="hold 20 source positions but --max-source-positions is 32.*"
                                          "--max-source-positions 20"):
         build_translation_model(vocab=40, **{**SMALL, "max_source_positions": 32}).load_state_dict(trained)
+
+
+def test_beam_search_scores_equal_a_full_forward_pass_of_each_hypothesis():
+    """fairseq's SequenceGenerator (beam 4: incremental steps, beam reorders, sentences leaving
+    the batch, beamable cross-attention, lazily reordered encoder states) against teacher-forced
+    full passes: each hypothesis' per-token scores are its log-probabilities under the model."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    torch.manual_seed(0)
+    model = build_translation_model(**SMALL)
+    d = model.decoder.dictionary
+    with torch.no_grad():  # EOS likely enough that sentences end at different steps
+        model.decoder.output_projection.weight[d.eos()] *= 3
+    src = random_tokens(5, 8, 40, generator=torch.Generator().manual_seed(3))
+    src[:, -1] = d.eos()
+    src[1, :3], src[3, :5] = d.pad(), d.pad()  # left-padded, as fairseq batches sources
+    lengths = src.ne(d.pad()).sum(1)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths}}
+    beams = SequenceGenerator([model], d, beam_size=4, max_len_b=12, min_len=2).forward(sample)
+    assert len({len(h[0]["tokens"]) for h in beams}) > 1, "no sentence left the batch early"
+    assert [len(beam) for beam in beams] == [4] * 5
+    greedy = SequenceGenerator([model], d, beam_size=1, max_len_b=12, min_len=2).forward(sample)  # after beam 4
+    for b, beam in enumerate(beams):
+        for hypothesis in beam + greedy[b]:
+            tokens = hypothesis["tokens"]
+            prev = torch.cat([tokens.new_tensor([d.eos()]), tokens[:-1]])[None]
+            enc = model.encoder(src[b : b + 1], lengths[b : b + 1])
+            logits = model.decoder(prev, enc)[0]
+            expected = model.get_normalized_probs((logits, None), log_probs=True)[0].gather(1, tokens[:, None])[:, 0]
+            torch.testing.assert_close(hypothesis["positional_scores"], expected, rtol=1e-4, atol=1e-4)

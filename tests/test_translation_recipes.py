@@ -51,7 +51,7 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
 def test_compare_transformer_prints_its_table(multi30k_like, tmp_path):
     """compare_transformer.sh, two models at a time, with 3 updates each."""
     out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2, PARALLEL=1)
-    rows = re.findall(r"^(resmlp_small|transformer|transformer_prenorm) +([\d.]+) +(\d+) +(\d+) +([\d,]+)$",
+    rows = re.findall(r"^(resmlp_small|transformer|transformer_prenorm) +([\d.]+) +(\d+) +(\d+) +([\d.]+) +([\d,]+)$",
                       out, re.M)
     assert [r[0] for r in rows] == ["resmlp_small", "transformer", "transformer_prenorm"], out
     assert all(r[3] == "3" for r in rows)

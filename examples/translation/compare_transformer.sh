@@ -6,7 +6,7 @@
 # (train_eval.sh). The Transformer runs twice: as fairseq builds it (post-norm), at
 # lr 1e-3 (TRANSFORMER_LR) because the demo's 3e-3 is too high for post-norm; and
 # pre-norm (--encoder/decoder-normalize-before, as ResMLP's blocks are) at the demo's lr.
-# Prints BLEU, training tokens/s and parameter counts in one table.
+# Prints BLEU, training tokens/s, updates, beam-4 sentences/s and parameter counts in one table.
 #
 # Settings: as demo.sh (PAIR, MULTI30K_DIR, MINUTES, MAX_UPDATE, WORK=runs/compare-PAIR, THREADS),
 # and PARALLEL=1 to train two models at a time with THREADS/2 threads each (less wall-clock
@@ -53,12 +53,16 @@ fi
 python - "$WORK" "${models[@]}" <<'PY'
 import re, sys
 work, names = sys.argv[1], sys.argv[2:]
-print(f"\n{'model':<20} {'BLEU':>6} {'train tok/s':>12} {'updates':>8} {'params':>12}")
+print(f"\n{'model':<20} {'BLEU':>6} {'train tok/s':>12} {'updates':>8} {'gen sent/s':>11} {'params':>12}")
 for name in names:
     log = open(f"{work}/{name}/train.log").read()
     bleu = re.search(r"^BLEU = ([\d.]+)", open(f"{work}/{name}/bleu.txt").read(), re.M).group(1)
     params = int(re.search(r"num\. shared model params: ([\d,]+)", log).group(1).replace(",", ""))
-    wps = [float(x) for x in re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", log)]
+    # each epoch's wps, weighted by its training time (the last epoch is usually a short one)
+    epochs = [(float(w), float(t)) for w, t in
+              re.findall(r"\| train \| epoch .*?\| wps ([\d.]+) .*?\| train_wall ([\d.]+)", log)]
+    wps = sum(w * t for w, t in epochs) / max(sum(t for _, t in epochs), 1e-9)
     updates = re.findall(r"num_updates[ =](\d+)", log)[-1]
-    print(f"{name:<20} {bleu:>6} {sum(wps) / max(len(wps), 1):>12.0f} {updates:>8} {params:>12,}")
+    gen = re.search(r"\(([\d.]+) sentences/s", open(f"{work}/{name}/generate-test.log").read()).group(1)
+    print(f"{name:<20} {bleu:>6} {wps:>12.0f} {updates:>8} {float(gen):>11.1f} {params:>12,}")
 PY

@@ -132,7 +132,7 @@ class ResMLPEncoder(FairseqEncoder):
         # fairseq left-pads sources by default, so move every sentence to the left.
         src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
         padding_mask = src_tokens.eq(self.padding_idx)
-        x = self.dropout_module(self.embed_scale * self.embed_tokens(src_tokens)).transpose(0, 1)
+        x = self.dropout_module(self.embed_scale * self.embed_tokens(src_tokens)).transpose(0, 1).contiguous()
         mixing_mask = padding_mask if padding_mask.any() else None
         for layer in self.layers:
             x = layer(x, padding_mask=mixing_mask)
@@ -142,13 +142,46 @@ class ResMLPEncoder(FairseqEncoder):
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        """Beam search calls this at every step, but the decoder reads the encoder states
+        only at its first step (cross-attention then caches its keys and values). So the
+        states are not copied here: the new order is composed with any earlier one and
+        applied when the states are read (``encoder_states``). The padding mask, read at
+        every step, is reordered."""
+        states, order = encoder_out.get("encoder_states", encoder_out.get("encoder_out")), encoder_out.get("encoder_order")
         return {
-            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
+            "encoder_states": states,
+            "encoder_order": [new_order if order is None else order[0].index_select(0, new_order)],
             "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
         }
 
     def max_positions(self) -> int:
         return self.max_source_positions
+
+
+def encoder_states(encoder_out: Dict[str, List[Tensor]]) -> Tensor:
+    """The encoder output ``(T, B, C)``, in the order of any ``reorder_encoder_out`` since."""
+    if "encoder_out" in encoder_out:
+        return encoder_out["encoder_out"][0]
+    return encoder_out["encoder_states"][0].index_select(1, encoder_out["encoder_order"][0])
+
+
+def _beam_size(encoder_out: Dict[str, List[Tensor]]) -> int:
+    """k when beam search has expanded every sentence to k hypotheses in a row (the
+    reorder fairseq's SequenceGenerator makes before its first step), else 1.
+
+    It switches fairseq's beamable encoder-decoder attention on or off for the decoding
+    that starts: cross-attention keys and values are then computed and cached once per
+    sentence, not per hypothesis, and need no reordering while every sentence keeps its
+    beam. Deciding it from the order itself, at the first step, means that a decoding
+    with another beam size (or none) in the same process never meets a stale setting.
+    """
+    order = encoder_out.get("encoder_order")
+    if order is None:
+        return 1
+    sentences, hypotheses = encoder_out["encoder_states"][0].size(1), order[0].numel()
+    beam = hypotheses // sentences
+    expanded = torch.arange(sentences, device=order[0].device).repeat_interleave(beam)
+    return beam if beam > 1 and hypotheses == sentences * beam and torch.equal(order[0], expanded) else 1
 
 
 class ResMLPDecoder(FairseqIncrementalDecoder):
@@ -204,12 +237,23 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
             )
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
-        x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1)
-        enc = encoder_out["encoder_out"][0] if encoder_out is not None else None
-        enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out is not None else None
+        x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1).contiguous()
+        enc = enc_mask = None
+        if encoder_out is not None:
+            enc_mask = encoder_out["encoder_padding_mask"][0]
+            if not self._cross_attention_cached(incremental_state):
+                enc = encoder_states(encoder_out)
+                if incremental_state is not None:
+                    self.set_beam_size(_beam_size(encoder_out))
         for layer in self.layers:
             x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
         return self.final_norm(x).transpose(0, 1)
+
+    def _cross_attention_cached(self, incremental_state: Optional[IncrementalState]) -> bool:
+        """After the first incremental step, cross-attention reads its cached keys and values."""
+        if incremental_state is None or not self.layers:
+            return False
+        return "prev_key" in self.layers[0].cross_attention._get_input_buffer(incremental_state)
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)

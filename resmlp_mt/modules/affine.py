@@ -1,6 +1,7 @@
 """Aff: the per-channel affine map that ResMLP uses instead of LayerNorm."""
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 class Affine(nn.Module):
@@ -31,3 +32,13 @@ def make_norm(kind: str, dim: int) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim)
     raise ValueError(f"unknown norm {kind!r}: expected 'affine' or 'layernorm'")
+
+
+def scaled_norm(norm: nn.Module, x: Tensor, scale: Tensor) -> Tensor:
+    """``norm(x) * scale`` (a per-channel scale, e.g. LayerScale's gamma) in one op: the
+    scale folds into Aff's alpha and beta, or into LayerNorm's weight and bias."""
+    if isinstance(norm, Affine):
+        return torch.addcmul(norm.beta * scale, norm.alpha * scale, x)
+    if isinstance(norm, nn.LayerNorm):
+        return F.layer_norm(x, norm.normalized_shape, norm.weight * scale, norm.bias * scale, norm.eps)
+    return norm(x) * scale

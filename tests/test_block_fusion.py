@@ -1,0 +1,131 @@
+"""The folded ResMLPBlock against the plain sequence of its modules, outputs and gradients.
+
+The reference below calls the block's own sub-modules one after the other, as the paper
+writes the block (norm -> A -> LayerScale -> residual; norm -> fc1 -> GELU -> fc2 ->
+LayerScale -> residual), with every intermediate kept by autograd; the block itself
+folds LayerScale and Aff into small weights and recomputes GELU in its backward pass.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.modules import MultiheadAttention
+
+from resmlp_mt.modules import ResMLPBlock, gelu_linear
+
+torch.manual_seed(0)
+DIM, TOKENS = 12, 9
+
+
+def reference(block, x, padding_mask=None, encoder_out=None, encoder_padding_mask=None):
+    n = block.norm1(x)
+    if padding_mask is not None:
+        n = n.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+    length = x.size(0)
+    a = block.token_mixing.weight[:length, :length]
+    if block.token_mixing.mode == "causal":
+        a = a.tril()
+    mixed = torch.einsum("ij,jbc->ibc", a, n) + block.token_mixing.bias[:length, None, None]
+    x = x + block.dropout(block.ls1(mixed))
+    if block.cross_attention is not None:
+        attended, _ = block.cross_attention(block.norm_cross(x), encoder_out, encoder_out,
+                                            key_padding_mask=encoder_padding_mask, static_kv=True)
+        x = x + block.dropout(block.ls_cross(attended))
+    hidden = block.mlp.drop1(F.gelu(block.mlp.fc1(block.norm2(x))))
+    return x + block.dropout(block.ls2(block.mlp.fc2(hidden)))
+
+
+def randomise(block):
+    """Non-trivial norms and LayerScales, so that every fold is exercised."""
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.endswith(("alpha", "weight")) and p.dim() == 1 or name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1:
+                p.normal_(0, 0.3)
+    return block
+
+
+@pytest.mark.parametrize("norm", ["affine", "layernorm"])
+@pytest.mark.parametrize("mixing", ["full", "padded", "causal"])
+@pytest.mark.parametrize("training, dropout", [(True, 0.0), (True, 0.3), (False, 0.3)])
+def test_folded_block_matches_the_plain_sequence(norm, mixing, training, dropout):
+    """Dropout on (training, 0.3): the residuals stay apart; otherwise the GEMMs add them in."""
+    cross = MultiheadAttention(DIM, 2, encoder_decoder_attention=True) if mixing == "causal" else None
+    block = ResMLPBlock(DIM, TOKENS, mixing=mixing, norm=norm, cross_attention=cross, dropout=dropout,
+                        activation_dropout=dropout)
+    block = randomise(block).train(training)
+    length = TOKENS if mixing == "full" else 7
+    x = torch.randn(length, 3, DIM, requires_grad=True)
+    kwargs = {}
+    if mixing == "padded":
+        kwargs["padding_mask"] = torch.arange(length)[None, :] >= torch.tensor([7, 4, 2])[:, None]
+    if cross is not None:
+        kwargs["encoder_out"] = torch.randn(5, 3, DIM)
+        kwargs["encoder_padding_mask"] = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 5])
+    grad_out = torch.randn(length, 3, DIM)
+
+    outputs, grads = [], []
+    for fn in (block, lambda *a, **k: reference(block, *a, **k)):
+        block.zero_grad()
+        x.grad = None
+        torch.manual_seed(1)  # the same dropout masks, drawn in the same order
+        out = fn(x, **kwargs)
+        out.backward(grad_out)
+        outputs.append(out.detach())
+        grads.append({"x": x.grad.clone(), **{n: p.grad.clone() for n, p in block.named_parameters()}})
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_folded_causal_block_steps_incrementally_as_the_full_pass():
+    cross = MultiheadAttention(DIM, 2, encoder_decoder_attention=True)
+    block = randomise(ResMLPBlock(DIM, TOKENS, mixing="causal", norm="layernorm", cross_attention=cross)).eval()
+    x, enc = torch.randn(6, 2, DIM), torch.randn(4, 2, DIM)
+    with torch.no_grad():
+        state = {}
+        steps = [block(x[t : t + 1], incremental_state=state, encoder_out=enc) for t in range(6)]
+        torch.testing.assert_close(torch.cat(steps), reference(block, x, encoder_out=enc), rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_linear_gradients_in_double_precision():
+    h = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gelu_linear, (h, weight, bias))
+    torch.testing.assert_close(gelu_linear(h, weight, bias), F.linear(F.gelu(h), weight, bias))
+
+
+def test_gelu_linear_keeps_h_not_gelu_h():
+    """What autograd keeps for the backward pass: h and the weight, not gelu(h)."""
+    h = torch.randn(64, 32, requires_grad=True)
+    weight = torch.randn(8, 32, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        gelu_linear(h, weight, None)
+    assert len(kept) == 2 and kept[0] is h and kept[1] is weight
+
+
+def test_inference_fold_follows_weight_updates_and_loads():
+    """Without autograd the folded MLP weights are cached: an optimizer step, a loaded state
+    dict and a dtype change must all be seen by the next forward pass."""
+    block = randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).eval()
+    x = torch.randn(TOKENS, 2, DIM)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), reference(block, x), rtol=1e-5, atol=1e-5)
+
+    check()
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.5)
+    block(x).sum().backward()  # with autograd: not cached
+    optimizer.step()
+    check()
+    block.load_state_dict(randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).state_dict())
+    check()
+    with torch.inference_mode():
+        block(x)
+    block.double()
+    x = x.double()
+    check()
