@@ -100,8 +100,8 @@ def decoder_steps(args, size: str, model, prefixes):
     --batch-size sentences (fairseq's expansion of the encoder output, beamable
     cross-attention), with or without the reorder of every cache after each step (each
     hypothesis continuing one of its sentence's beams). The two kinds of decoding
-    alternate, --repeats of each; the figure for t is the median over repeats of the
-    steps t-2 .. t+2."""
+    alternate, --repeats (default 2) of each; the figure for t is the median over repeats
+    of the steps t-2 .. t+2."""
     beam, sentences = 4, args.batch_size
     hyps, steps = beam * sentences, max(prefixes) + 1
     d = model.decoder.dictionary
@@ -126,7 +126,7 @@ def decoder_steps(args, size: str, model, prefixes):
     with torch.no_grad():
         decode(True)  # warm-up
         runs = {False: [], True: []}
-        for _ in range(args.repeats or (2 if args.tiny else 5)):
+        for _ in range(args.repeats or 2):
             for reorder in runs:
                 runs[reorder].append(decode(reorder))
     return hyps, {(t, r): median([s for run in runs[r] for s in run[max(t - 2, 0) : t + 3]])

@@ -1,8 +1,9 @@
 """Where ResMLP spends its time: torch.profiler over MT training steps and beam-4 search.
 
-Prints the operators with the most self CPU time (with input shapes, so that the
-token-mixing GEMM, the MLP's GEMMs and the output projection are told apart) for
---steps training updates and for beam search over --sentences synthetic sources.
+Prints, for --steps training updates and for beam search over --sentences synthetic
+sources, the self CPU time by kind (the output projection's GEMMs, which both models do
+alike, apart from the layers' GEMMs; the log-softmax and loss; other operators by name),
+then the operators with the most self CPU time, with input shapes.
 
     python bench/profile_mt.py --size demo --model resmlp
 """
@@ -47,13 +48,42 @@ def main() -> None:
         for sample in batch:
             task.inference_step(generator, [model], sample)
 
+    vocab = len(task.target_dictionary)
     for title, work, inputs in (("training", train, samples[1:]), ("beam-4 generation", generate, sources)):
         work(samples[:1] if work is train else sources[:1])  # warm-up
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             work(inputs)
+        events = prof.key_averages(group_by_input_shape=True)
+        print(f"== {args.model} [{args.size}] {title}: self CPU time by kind")
+        shares = by_kind(events, vocab)
+        total = sum(shares.values())
+        for kind, us in sorted(shares.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"{kind:<58} {us / 1e3:>9.0f} ms {us / total:>6.1%}")
         print(f"== {args.model} [{args.size}] {title}: top operators by self CPU time")
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows,
-                                                                 max_name_column_width=28, max_shapes_column_width=60))
+        print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows,
+                           max_name_column_width=28, max_shapes_column_width=60))
+
+
+GEMMS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::matmul")
+
+
+def by_kind(events, vocab: int) -> dict:
+    """Self CPU microseconds: GEMMs with a vocabulary-sized operand (the output projection,
+    the same work for both models) apart from the model's other GEMMs; vocabulary-sized
+    element-wise work and the softmax/loss; every other operator by name."""
+    shares = {}
+    for event in events:
+        vocab_sized = any(vocab in shape for shape in event.input_shapes if isinstance(shape, (list, tuple)))
+        if event.key in GEMMS:
+            kind = "GEMM, output projection (vocabulary-sized)" if vocab_sized else "GEMM, the model's layers"
+        elif "softmax" in event.key or "nll" in event.key:
+            kind = "log-softmax and loss"
+        elif vocab_sized:
+            kind = "other vocabulary-sized element-wise work"
+        else:
+            kind = event.key
+        shares[kind] = shares.get(kind, 0) + event.self_cpu_time_total
+    return shares
 
 
 if __name__ == "__main__":

@@ -68,3 +68,15 @@ def test_generation_checkpoint_loads_through_fairseq(tmp_path):
         assert type(loaded) is type(model)
         for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
             assert torch.equal(a, b), name
+
+
+def test_profile_splits_the_time_by_kind():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "profile_mt.py"), "--tiny", "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for title in ("training", "beam-4 generation"):
+        section = proc.stdout.split(f"== resmlp [tiny] {title}: self CPU time by kind")[1].split("==")[0]
+        shares = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in section.strip().splitlines()]
+        assert "GEMM, output projection (vocabulary-sized)" in section and "GEMM, the model's layers" in section
+        assert 0 < sum(shares) <= 100.5

@@ -129,3 +129,15 @@ def test_inference_fold_follows_weight_updates_and_loads():
     block.double()
     x = x.double()
     check()
+
+
+def test_block_trains_under_autocast():
+    """fairseq's --amp runs the model under autocast: the folded block must train there too."""
+    block = randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).train()
+    x = torch.randn(TOKENS, 2, DIM, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    out.float().sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), reference(block, x), rtol=0.05, atol=0.05)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())

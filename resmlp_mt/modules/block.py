@@ -73,8 +73,10 @@ class ResMLPBlock(nn.Module):
         encoder_padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         # Without dropout or stochastic depth on the branches (evaluation, or none
-        # configured), the residual joins each branch's last GEMM, which adds into it.
+        # configured), the residual joins each branch's last GEMM, which adds into it
+        # (not under autocast, which leaves in-place GEMMs in their input dtypes).
         fused = not self.training or (self.dropout.p == 0 and isinstance(self.drop_path, nn.Identity))
+        fused = fused and not torch.is_autocast_enabled(x.device.type)
         gamma = self.ls1.gamma
         n = scaled_norm(self.norm1, x, gamma)
         if fused:

@@ -45,5 +45,7 @@ def gelu_linear(h: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residu
     """``residual + F.linear(F.gelu(h), weight, bias)`` (no residual: just the linear).
     With autograd on, ``gelu(h)`` is not kept; without, it is computed in place."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias, residual)):
+        if torch.is_autocast_enabled(h.device.type):  # mixed dtypes: let autograd and autocast pair them
+            return _linear(F.gelu(h), weight, bias, residual)
         return _GeluLinear.apply(h, weight, bias, residual)
     return _linear(torch.ops.aten.gelu_(h) if not h.requires_grad else F.gelu(h), weight, bias, residual)
