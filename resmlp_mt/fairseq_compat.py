@@ -61,20 +61,34 @@ fairseq's own Transformer.
    (the default: no ``--update-epoch-batch-itr``, no sharded data, no per-epoch
    rebuilding), the batches are built as in epoch 1, so a resumed run sees the very
    batches of an uninterrupted one. Fresh runs are unchanged.
+
+7. A finished run exits with status 0. fairseq prefetches batches on a daemon thread
+   (``BufferedIterator``'s ``BackgroundConsumer``, ``--data-buffer-size``). A run that
+   stops mid-epoch (``--max-update``) leaves it working, and when the interpreter shuts
+   down while that thread frees a tensor, torch's deallocator cannot take the GIL back,
+   the thread is unwound through a ``noexcept`` destructor and the process dies with
+   "terminate called without an active exception" (SIGABRT, exit 134) after saving
+   everything: about one short run in 15 here, and any script that checks the exit
+   status fails. At exit we tell live consumers to stop after the batch in hand,
+   drain their queues and join them (at most ``PREFETCH_JOIN_TIMEOUT`` seconds).
 """
+import atexit
 import functools
 import glob
 import inspect
 import os
 import pickle
+import queue
 import shutil
+import threading
+import time
 import types
 
 import numpy as np
 import torch
 from fairseq import checkpoint_utils
 from fairseq import trainer as fairseq_trainer
-from fairseq.data import data_utils
+from fairseq.data import data_utils, iterators
 from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
@@ -205,6 +219,27 @@ def _batches_as_in_epoch_one(get_batch_iterator):
     return wrapper
 
 
+PREFETCH_JOIN_TIMEOUT = 30.0
+
+
+def _stop_prefetch_threads(timeout: float = PREFETCH_JOIN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if not isinstance(thread, iterators.BackgroundConsumer):
+            continue
+        thread._max_len = 0  # its loop stops after the next batch it queues
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:  # room for that batch and the end-of-data sentinel
+                    thread._queue.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+
+
+_stop_prefetch_threads.resmlp_registered = False
+
+
 def apply() -> None:
     """Idempotent: safe to call on every import of the plugin."""
     for module in (checkpoint_utils, distributed_utils):
@@ -218,3 +253,6 @@ def apply() -> None:
         fairseq_trainer.NanDetector = _ForwardNanDetector
     if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
         FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
+    if not _stop_prefetch_threads.resmlp_registered:
+        atexit.register(_stop_prefetch_threads)
+        _stop_prefetch_threads.resmlp_registered = True
