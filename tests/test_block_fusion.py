@@ -108,8 +108,9 @@ def test_gelu_linear_keeps_h_not_gelu_h():
 
 
 def test_inference_fold_follows_weight_updates_and_loads():
-    """Without autograd the folded MLP weights are cached: an optimizer step, a loaded state
-    dict and a dtype change must all be seen by the next forward pass."""
+    """The folded MLP weights must follow every change of the weights between forward
+    passes: an optimizer step (torch's, and fairseq's, which writes through ``.data`` where
+    no version counter sees it), a loaded state dict and a dtype change."""
     block = randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).eval()
     x = torch.randn(TOKENS, 2, DIM)
 
@@ -119,8 +120,11 @@ def test_inference_fold_follows_weight_updates_and_loads():
 
     check()
     optimizer = torch.optim.SGD(block.parameters(), lr=0.5)
-    block(x).sum().backward()  # with autograd: not cached
+    block(x).sum().backward()
     optimizer.step()
+    check()
+    for p in block.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))  # fairseq's Adam and Adagrad update p.data
     check()
     block.load_state_dict(randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).state_dict())
     check()
@@ -141,3 +145,22 @@ def test_block_trains_under_autocast():
     with torch.no_grad():
         torch.testing.assert_close(out.float(), reference(block, x), rtol=0.05, atol=0.05)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_a_decoding_folds_once_and_the_next_sees_new_weights():
+    """Within one decoding the fold is kept in its incremental state; a decoding after a
+    ``.data`` update (as between fairseq's validations) uses the new weights."""
+    block = randomise(ResMLPBlock(DIM, TOKENS, mixing="causal", norm="affine")).eval()
+    x = torch.randn(6, 2, DIM)
+
+    def decode():
+        state = {}
+        with torch.no_grad():
+            out = torch.cat([block(x[t : t + 1], incremental_state=state) for t in range(6)])
+        assert sum("folded_mlp" in key for key in state) == 1
+        torch.testing.assert_close(out, reference(block, x), rtol=1e-5, atol=1e-5)
+
+    decode()
+    for p in block.parameters():
+        p.data.mul_(1.5)
+    decode()

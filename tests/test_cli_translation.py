@@ -75,3 +75,23 @@ def test_evaluation_batches_cover_every_sentence(tiny_data_bin, split, size):
                                       required_batch_size_multiple=8).next_epoch_itr(shuffle=False)
         seen = sorted(i for batch in itr for i in batch["id"].tolist())
         assert seen == list(range(size)), (max_sentences, seen)
+
+
+def test_validation_during_training_equals_fairseq_validate(tiny_data_bin, tmp_path):
+    """The loss fairseq-train reports at each validation is the loss fairseq-validate, a
+    fresh process, computes from the checkpoint saved at that update: no state of an
+    earlier validation (or decoding) survives fairseq's optimizer steps, which write the
+    weights through ``.data``."""
+    save = str(tmp_path / "ckpt")
+    train = run_cli("fairseq-train", *train_args(tiny_data_bin, save, 9, "--lr", "1e-2", "--validate-interval-updates",
+                                                 "3", "--save-interval-updates", "3", "--num-workers", "0"))
+    reported = {int(u): float(loss) for loss, u in re.findall(
+        r"valid on 'valid' subset \| loss ([\d.]+) \|.*?num_updates (\d+)", train.stdout + train.stderr)}
+    assert {3, 6, 9} <= reported.keys(), (train.stdout + train.stderr)[-3000:]
+    for update in (3, 6, 9):
+        (path,) = [p for p in os.listdir(save) if p.endswith(f"_{update}.pt")]
+        validate = run_cli("fairseq-validate", tiny_data_bin, "--user-dir", USER_DIR, "--task", "translation",
+                           "--path", os.path.join(save, path), "--criterion", "label_smoothed_cross_entropy",
+                           "--label-smoothing", "0.1", "--max-tokens", "400", "--cpu")
+        (fresh,) = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", validate.stdout + validate.stderr)
+        assert abs(float(fresh) - reported[update]) <= 0.0015, (update, fresh, reported)

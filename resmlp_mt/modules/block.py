@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
@@ -12,6 +13,7 @@ from .layer_scale import LayerScale
 from .token_mixing import IncrementalState, TokenMixing
 
 
+@with_incremental_state
 class ResMLPBlock(nn.Module):
     """norm -> token mixing -> LayerScale -> residual; norm -> MLP -> LayerScale -> residual.
 
@@ -95,34 +97,38 @@ class ResMLPBlock(nn.Module):
             )
             x = self._residual(x, self.ls_cross(attended))
         if fused:
-            return self.mlp_branch(x, residual=x)
-        return self._residual(x, self.mlp_branch(x))
+            return self.mlp_branch(x, residual=x, incremental_state=incremental_state)
+        return self._residual(x, self.mlp_branch(x, incremental_state=incremental_state))
 
-    def mlp_branch(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    def mlp_branch(self, x: Tensor, residual: Optional[Tensor] = None,
+                   incremental_state: Optional[IncrementalState] = None) -> Tensor:
         """``residual + ls2(mlp(norm2(x)))``, folded: gamma into fc2, an Aff norm into fc1."""
-        w1, b1, w2, b2 = self._folded_mlp() if torch.is_grad_enabled() else self._folded_mlp_cached()
+        w1, b1, w2, b2 = self._folded_mlp(incremental_state)
         h = F.linear(x if isinstance(self.norm2, Affine) else self.norm2(x), w1, b1)
         if self.training and self.mlp.drop1.p > 0:  # dropout between GELU and fc2: keep its output
             out = F.linear(self.mlp.drop1(F.gelu(h)), w2, b2)
             return out if residual is None else residual + out
         return gelu_linear(h, w2, b2, residual)
 
-    def _folded_mlp(self):
+    def _folded_mlp(self, incremental_state: Optional[IncrementalState] = None):
         """fc1 and fc2 with the Aff norm before them and LayerScale after them folded in:
-        ``fc1(alpha * x + beta) = x (W1 alpha)^T + (b1 + W1 beta)``, ``gamma * fc2(g) = g (gamma W2)^T + gamma b2``."""
+        ``fc1(alpha * x + beta) = x (W1 alpha)^T + (b1 + W1 beta)``, ``gamma * fc2(g) = g (gamma W2)^T + gamma b2``.
+
+        Folding costs d x hidden multiply-adds, as much as the MLP itself on one token, so a
+        decoding (an ``incremental_state`` without autograd) folds at its first step and
+        keeps the result in its state for the rest. Nothing outlives the decoding: a
+        cache on the module would have to notice every weight update, and fairseq's
+        optimizers write through ``.data``, which no version counter sees."""
+        decoding = incremental_state is not None and not torch.is_grad_enabled()
+        if decoding:
+            cached = self.get_incremental_state(incremental_state, "folded_mlp")
+            if cached is not None:
+                return cached["w1"], cached["b1"], cached["w2"], cached["b2"]
         fc1, fc2, gamma = self.mlp.fc1, self.mlp.fc2, self.ls2.gamma
         w1, b1 = fc1.weight, fc1.bias
         if isinstance(self.norm2, Affine):
             w1, b1 = w1 * self.norm2.alpha, torch.addmv(b1, w1, self.norm2.beta)
-        return w1, b1, fc2.weight * gamma[:, None], fc2.bias * gamma
-
-    def _folded_mlp_cached(self):
-        """Without autograd (evaluation, beam search), fold once and reuse until a weight
-        changes (an optimizer step or a load bumps its version, a move changes its storage):
-        folding costs d x hidden multiply-adds, as much as the MLP itself on a few tokens."""
-        sources = [*self.norm2.parameters(), *self.mlp.parameters(), self.ls2.gamma]
-        key = tuple((p.data_ptr(), p._version) for p in sources)
-        cache = self.__dict__.get("_mlp_fold_cache")
-        if cache is None or cache[0] != key:
-            cache = self.__dict__["_mlp_fold_cache"] = (key, self._folded_mlp())
-        return cache[1]
+        w2, b2 = fc2.weight * gamma[:, None], fc2.bias * gamma
+        if decoding:
+            self.set_incremental_state(incremental_state, "folded_mlp", {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+        return w1, b1, w2, b2
