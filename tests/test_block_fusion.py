@@ -48,21 +48,24 @@ def randomise(block):
 @pytest.mark.parametrize("norm", ["affine", "layernorm"])
 @pytest.mark.parametrize("mixing", ["full", "padded", "causal"])
 @pytest.mark.parametrize("training, dropout", [(True, 0.0), (True, 0.3), (False, 0.3)])
-def test_folded_block_matches_the_plain_sequence(norm, mixing, training, dropout):
-    """Dropout on (training, 0.3): the residuals stay apart; otherwise the GEMMs add them in."""
+@pytest.mark.parametrize("batch", [3, 24])
+def test_folded_block_matches_the_plain_sequence(norm, mixing, training, dropout, batch):
+    """Dropout on (training, 0.3): the residuals stay apart; otherwise the GEMMs add them in.
+    Batch 3: fewer tokens than hidden units, the MLP is not folded; batch 24: it is."""
     cross = MultiheadAttention(DIM, 2, encoder_decoder_attention=True) if mixing == "causal" else None
     block = ResMLPBlock(DIM, TOKENS, mixing=mixing, norm=norm, cross_attention=cross, dropout=dropout,
                         activation_dropout=dropout)
     block = randomise(block).train(training)
     length = TOKENS if mixing == "full" else 7
-    x = torch.randn(length, 3, DIM, requires_grad=True)
+    x = torch.randn(length, batch, DIM, requires_grad=True)
     kwargs = {}
     if mixing == "padded":
-        kwargs["padding_mask"] = torch.arange(length)[None, :] >= torch.tensor([7, 4, 2])[:, None]
+        kwargs["padding_mask"] = torch.arange(length)[None, :] >= torch.tensor([7, 4, 2] * (batch // 3))[:, None]
     if cross is not None:
-        kwargs["encoder_out"] = torch.randn(5, 3, DIM)
-        kwargs["encoder_padding_mask"] = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 5])
-    grad_out = torch.randn(length, 3, DIM)
+        kwargs["encoder_out"] = torch.randn(5, batch, DIM)
+        kwargs["encoder_padding_mask"] = torch.tensor(
+            [[False] * 5, [False] * 3 + [True] * 2, [False] * 5] * (batch // 3))
+    grad_out = torch.randn(length, batch, DIM)
 
     outputs, grads = [], []
     for fn in (block, lambda *a, **k: reference(block, *a, **k)):
@@ -112,7 +115,7 @@ def test_inference_fold_follows_weight_updates_and_loads():
     passes: an optimizer step (torch's, and fairseq's, which writes through ``.data`` where
     no version counter sees it), a loaded state dict and a dtype change."""
     block = randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).eval()
-    x = torch.randn(TOKENS, 2, DIM)
+    x = torch.randn(TOKENS, 8, DIM)  # more tokens than hidden units: folded
 
     def check():
         with torch.no_grad():

@@ -102,7 +102,15 @@ class ResMLPBlock(nn.Module):
 
     def mlp_branch(self, x: Tensor, residual: Optional[Tensor] = None,
                    incremental_state: Optional[IncrementalState] = None) -> Tensor:
-        """``residual + ls2(mlp(norm2(x)))``, folded: gamma into fc2, an Aff norm into fc1."""
+        """``residual + ls2(mlp(norm2(x)))``, folded: gamma into fc2, an Aff norm into fc1.
+
+        Folding writes two weight-sized tensors (d x hidden each); scaling the activations
+        instead costs token-sized passes. So a pass over fewer tokens than the MLP has
+        hidden units (an image at batch 1) runs the modules as they are, unless it is a
+        decoding step, which reuses its decoding's fold."""
+        if incremental_state is None and x.numel() < x.size(-1) * self.mlp.fc1.out_features:
+            out = self.mlp(self.norm2(x))
+            return self.ls2(out) if residual is None else torch.addcmul(residual, self.ls2.gamma, out)
         w1, b1, w2, b2 = self._folded_mlp(incremental_state)
         h = F.linear(x if isinstance(self.norm2, Affine) else self.norm2(x), w1, b1)
         if self.training and self.mlp.drop1.p > 0:  # dropout between GELU and fc2: keep its output
@@ -116,7 +124,7 @@ class ResMLPBlock(nn.Module):
 
         Folding costs d x hidden multiply-adds, as much as the MLP itself on one token, so a
         decoding (an ``incremental_state`` without autograd) folds at its first step and
-        keeps the result in its state for the rest. Nothing outlives the decoding: a
+        keeps the result in its state for the rest; other passes fold each time. Nothing outlives the decoding: a
         cache on the module would have to notice every weight update, and fairseq's
         optimizers write through ``.data``, which no version counter sees."""
         decoding = incremental_state is not None and not torch.is_grad_enabled()
