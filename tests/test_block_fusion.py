@@ -141,7 +141,7 @@ def test_inference_fold_follows_weight_updates_and_loads():
 def test_block_trains_under_autocast():
     """fairseq's --amp runs the model under autocast: the folded block must train there too."""
     block = randomise(ResMLPBlock(DIM, TOKENS, mixing="full", norm="affine")).train()
-    x = torch.randn(TOKENS, 2, DIM, requires_grad=True)
+    x = torch.randn(TOKENS, 8, DIM, requires_grad=True)  # more tokens than hidden units: folded
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     out.float().sum().backward()

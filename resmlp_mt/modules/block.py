@@ -124,9 +124,9 @@ class ResMLPBlock(nn.Module):
 
         Folding costs d x hidden multiply-adds, as much as the MLP itself on one token, so a
         decoding (an ``incremental_state`` without autograd) folds at its first step and
-        keeps the result in its state for the rest; other passes fold each time. Nothing outlives the decoding: a
-        cache on the module would have to notice every weight update, and fairseq's
-        optimizers write through ``.data``, which no version counter sees."""
+        keeps the result in its state for the rest; other passes fold each time. Nothing
+        outlives the decoding: a cache on the module would have to notice every weight
+        update, and fairseq's optimizers write through ``.data``, which no version counter sees."""
         decoding = incremental_state is not None and not torch.is_grad_enabled()
         if decoding:
             cached = self.get_incremental_state(incremental_state, "folded_mlp")
