@@ -7,7 +7,11 @@ MultiheadAttention over the encoder output as a third residual branch.
 There are no positional embeddings: row i of the token-mixing matrix already is
 position i. ``--max-source-positions`` / ``--max-target-positions`` therefore fix
 the matrices' sizes, and fairseq's length filtering and generation limits follow
-them through ``max_positions()``.
+them through ``max_positions()``. With ``--token-mixing relative`` a weight depends on
+the offset between two positions (a window of ``--mixing-window`` offsets and a mean of
+the rest; ``modules/relative_token_mixing.py``): no parameter depends on a length, the
+limits are only a cap (default ``RELATIVE_MAX_POSITIONS``), and a decoding step costs
+the same at every position.
 
 Norm: LayerNorm by default, not the paper's vision Aff. Measured on Multi30k En-De
 (3+3 layers, d 256, shared embeddings; loss in bits after 50 updates of 1,500
@@ -39,6 +43,10 @@ from ..modules.token_mixing import IncrementalState
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
 MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
+TOKEN_MIXING_CHOICES = ChoiceEnum(["absolute", "relative"])
+# Relative mixing has no matrix size: the default cap only bounds memory (the full pass
+# builds an L x L matrix; 4,096 positions are 64 MB in fp32).
+RELATIVE_MAX_POSITIONS = 4096
 
 
 @dataclass
@@ -65,6 +73,16 @@ class ResMLPTranslationConfig(FairseqDataclass):
         metadata={"help": "normalisation in each block: LayerNorm, or the paper's Aff (per-channel affine)"},
     )
     layerscale_init: float = field(default=0.2, metadata={"help": "initial LayerScale value"})
+    token_mixing: TOKEN_MIXING_CHOICES = field(
+        default="absolute",
+        metadata={"help": "absolute: the paper's matrix A, one weight per pair of positions (fixed maximum "
+                          "length); relative: one weight per offset in a window, plus the mean of farther "
+                          "positions (any length, constant-cost decoding steps)"},
+    )
+    mixing_window: int = field(
+        default=16, metadata={"help": "with --token-mixing relative: offsets with a weight of their own "
+                                      "(|i - j| <= K in the encoder, 0 <= i - j <= K in the decoder)"}
+    )
     token_mixing_init: MIXING_INIT_CHOICES = field(
         default="normal",
         metadata={"help": "initial token-mixing matrices: small random (normal, std 0.02, as the official "
@@ -96,6 +114,7 @@ def _blocks(cfg, dim: int, positions: int, mixing: str, hidden_dim: int, depth: 
             positions,
             mixing=mixing,
             mixing_init=cfg.token_mixing_init,
+            mixing_window=cfg.mixing_window if cfg.token_mixing == "relative" else None,
             hidden_dim=hidden_dim,
             norm=cfg.norm,
             layerscale_init=cfg.layerscale_init,
@@ -108,12 +127,31 @@ def _blocks(cfg, dim: int, positions: int, mixing: str, hidden_dim: int, depth: 
     )
 
 
+def check_length(length: int, limit: int, side: str, relative: bool) -> None:
+    """Name the limit a sentence (with EOS) or a target prefix exceeds, and what to do."""
+    if length <= limit:
+        return
+    if relative:
+        raise SequenceTooLongError(
+            f"a {side} sequence has {length} tokens, over the cap --max-{side}-positions={limit}; "
+            f"relative token mixing has no length limit of its own: pass a larger cap (memory grows "
+            f"with its square) or filter such inputs (--skip-invalid-size-inputs-valid-test)"
+        )
+    what = "a source sentence" if side == "source" else "a target prefix"
+    raise SequenceTooLongError(
+        f"{what} has {length} tokens (with EOS) but the model's token-mixing matrices hold "
+        f"--max-{side}-positions={limit}; filter such inputs (--skip-invalid-size-inputs-valid-test), "
+        f"train with a larger limit, or train with --token-mixing relative (any length)"
+    )
+
+
 class ResMLPEncoder(FairseqEncoder):
     def __init__(self, cfg: ResMLPTranslationConfig, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
         dim = cfg.encoder_embed_dim
         self.padding_idx = embed_tokens.padding_idx
         self.max_source_positions = cfg.max_source_positions
+        self.relative = cfg.token_mixing == "relative"
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
@@ -122,12 +160,7 @@ class ResMLPEncoder(FairseqEncoder):
         self.final_norm = make_norm(cfg.norm, dim)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs):
-        if src_tokens.size(1) > self.max_source_positions:
-            raise SequenceTooLongError(
-                f"a source sentence has {src_tokens.size(1)} tokens (with EOS) but the model's "
-                f"token-mixing matrices hold --max-source-positions={self.max_source_positions}; "
-                f"filter such inputs (--skip-invalid-size-inputs-valid-test) or train with a larger limit"
-            )
+        check_length(src_tokens.size(1), self.max_source_positions, "source", self.relative)
         # Row i of A must mean "i-th token of the sentence", whatever the padding side:
         # fairseq left-pads sources by default, so move every sentence to the left.
         src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
@@ -189,6 +222,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         super().__init__(dictionary)
         dim = cfg.decoder_embed_dim
         self.max_target_positions = cfg.max_target_positions
+        self.relative = cfg.token_mixing == "relative"
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
@@ -230,11 +264,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         incremental_state: Optional[IncrementalState] = None,
         **kwargs,
     ):
-        if prev_output_tokens.size(1) > self.max_target_positions:
-            raise SequenceTooLongError(
-                f"a target prefix has {prev_output_tokens.size(1)} tokens but the model's causal "
-                f"token-mixing matrices hold --max-target-positions={self.max_target_positions}"
-            )
+        check_length(prev_output_tokens.size(1), self.max_target_positions, "target", self.relative)
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
         x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1).contiguous()
@@ -301,7 +331,20 @@ class ResMLPModel(FairseqEncoderDecoderModel):
                 )
             key = f"{'encoder' if side == 'source' else 'decoder'}.layers.0.token_mixing.weight"
             limit = coder.max_positions()
-            if key in state_dict and state_dict[key].size(0) != limit:
+            ours = dict(coder.named_parameters()).get("layers.0.token_mixing.weight")
+            if key in state_dict and ours is not None and state_dict[key].dim() != ours.dim():
+                modes = ("relative", "absolute") if state_dict[key].dim() == 1 else ("absolute", "relative")
+                raise ValueError(
+                    f"the checkpoint's {side} token mixing is {modes[0]} but the model being built is "
+                    f"{modes[1]}: drop --token-mixing to use the checkpoint's own setting"
+                )
+            if key in state_dict and ours is not None and ours.dim() == 1 and state_dict[key].shape != ours.shape:
+                raise ValueError(
+                    f"the checkpoint's {side} token mixing has {state_dict[key].numel()} offset weights but "
+                    f"--mixing-window {coder.layers[0].token_mixing.window} gives {ours.numel()}: "
+                    f"drop --mixing-window to use the checkpoint's own setting"
+                )
+            if key in state_dict and state_dict[key].dim() == 2 and state_dict[key].size(0) != limit:
                 raise ValueError(
                     f"the checkpoint's token-mixing matrices hold {state_dict[key].size(0)} {side} positions "
                     f"but --max-{side}-positions is {limit}: the matrix size is fixed at training time, "
@@ -325,6 +368,11 @@ def _set_defaults(args, **defaults):
         setattr(args, name, getattr(args, name, value))
 
 
+def _max_positions(args, absolute: int) -> int:
+    """The absolute matrices' size, or relative mixing's cap (it has no size of its own)."""
+    return RELATIVE_MAX_POSITIONS if getattr(args, "token_mixing", "absolute") == "relative" else absolute
+
+
 @register_model_architecture("resmlp", "resmlp_wmt_en_de")
 def resmlp_wmt_en_de(args):
     """The paper's ResMLP-6 for WMT14 En-De: 6+6 layers, d 512, hidden 2048."""
@@ -337,8 +385,8 @@ def resmlp_wmt_en_de(args):
         decoder_ffn_embed_dim=getattr(args, "encoder_ffn_embed_dim", 2048),
         decoder_layers=getattr(args, "encoder_layers", 6),
         decoder_attention_heads=8,
-        max_source_positions=512,
-        max_target_positions=512,
+        max_source_positions=_max_positions(args, 512),
+        max_target_positions=_max_positions(args, 512),
         norm="layernorm",
         layerscale_init=0.2,
         token_mixing_init="normal",
@@ -349,6 +397,8 @@ def resmlp_wmt_en_de(args):
         share_decoder_input_output_embed=False,
         share_all_embeddings=False,
         no_scale_embedding=False,
+        token_mixing="absolute",
+        mixing_window=16,
     )
 
 
@@ -382,8 +432,8 @@ def resmlp_small(args):
         encoder_layers=6,
         decoder_layers=6,
         decoder_attention_heads=4,
-        max_source_positions=128,
-        max_target_positions=128,
+        max_source_positions=_max_positions(args, 128),
+        max_target_positions=_max_positions(args, 128),
         dropout=0.2,
     )
     resmlp_wmt_en_de(args)

@@ -10,7 +10,20 @@ from torch import Tensor, nn
 from .affine import Affine, make_norm, scaled_norm
 from .gelu_linear import gelu_linear
 from .layer_scale import LayerScale
+from .relative_token_mixing import RelativeTokenMixing
 from .token_mixing import IncrementalState, TokenMixing
+
+
+def make_token_mixing(num_tokens: Optional[int], mode: str, init: str = "normal",
+                      window: Optional[int] = None) -> nn.Module:
+    """The paper's absolute matrix over ``num_tokens`` positions, or with a ``window``, mixing
+    by offset (:class:`RelativeTokenMixing`: any length; ``causal`` stays causal, the other
+    modes become two-sided)."""
+    if window is None:
+        return TokenMixing(num_tokens, mode, init=init)
+    if mode not in TokenMixing.MODES:
+        raise ValueError(f"unknown token-mixing mode {mode!r}: expected one of {TokenMixing.MODES}")
+    return RelativeTokenMixing(window, causal=mode == "causal", init=init)
 
 
 @with_incremental_state
@@ -37,10 +50,11 @@ class ResMLPBlock(nn.Module):
     def __init__(
         self,
         dim: int,
-        num_tokens: int,
+        num_tokens: Optional[int],
         *,
         mixing: str = "full",
         mixing_init: str = "normal",
+        mixing_window: Optional[int] = None,
         hidden_dim: Optional[int] = None,
         norm: str = "affine",
         layerscale_init: float = 0.1,
@@ -51,7 +65,7 @@ class ResMLPBlock(nn.Module):
     ):
         super().__init__()
         self.norm1 = make_norm(norm, dim)
-        self.token_mixing = TokenMixing(num_tokens, mixing, init=mixing_init)
+        self.token_mixing = make_token_mixing(num_tokens, mixing, mixing_init, mixing_window)
         self.ls1 = LayerScale(dim, layerscale_init)
         self.cross_attention = cross_attention
         if cross_attention is not None:
