@@ -94,16 +94,13 @@ def with_cli(args, size: str, models: dict):
     return counts[0], {m: median(s) for m, s in seconds.items()}, seconds
 
 
-def decoder_steps(args, size: str, model, prefixes):
-    """Median seconds of the incremental decoder step after a prefix of t tokens, for each t
-    in ``prefixes``, along whole decodings as beam search runs them: beam 4 over
-    --batch-size sentences (fairseq's expansion of the encoder output, beamable
-    cross-attention), with or without the reorder of every cache after each step (each
-    hypothesis continuing one of its sentence's beams). The two kinds of decoding
-    alternate, --repeats (default 2) of each; the figure for t is the median over repeats
-    of the steps t-2 .. t+2."""
+def beam_decoding(args, model, steps: int):
+    """``decode(reorder)``: the seconds of each of ``steps`` incremental decoder steps along one
+    decoding as beam search runs it: beam 4 over --batch-size sentences (fairseq's expansion
+    of the encoder output, beamable cross-attention), with or without the reorder of every
+    cache after each step (each hypothesis continuing one of its sentence's beams)."""
     beam, sentences = 4, args.batch_size
-    hyps, steps = beam * sentences, max(prefixes) + 1
+    hyps = beam * sentences
     d = model.decoder.dictionary
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(d.nspecial, len(d), (sentences, 16), generator=gen)
@@ -123,14 +120,26 @@ def decoder_steps(args, size: str, model, prefixes):
             seconds.append(time.perf_counter() - start)
         return seconds
 
+    return hyps, decode
+
+
+def step_medians(runs: list, prefixes) -> dict:
+    """For each t, the median over decodings of the steps t-2 .. t+2."""
+    return {t: median([s for run in runs for s in run[max(t - 2, 0) : t + 3]]) for t in prefixes}
+
+
+def decoder_steps(args, size: str, model, prefixes):
+    """Median seconds of the incremental decoder step after a prefix of t tokens, for each t
+    in ``prefixes``, along whole decodings (``beam_decoding``) with and without reorders.
+    The two kinds of decoding alternate, --repeats (default 2) of each."""
+    hyps, decode = beam_decoding(args, model, max(prefixes) + 1)
     with torch.no_grad():
         decode(True)  # warm-up
         runs = {False: [], True: []}
         for _ in range(args.repeats or 2):
             for reorder in runs:
                 runs[reorder].append(decode(reorder))
-    return hyps, {(t, r): median([s for run in runs[r] for s in run[max(t - 2, 0) : t + 3]])
-                  for t in prefixes for r in runs}
+    return hyps, {(t, r): v for r in runs for t, v in step_medians(runs[r], prefixes).items()}
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ heads, position limit, dropout and shared embeddings, and from a fairseq
 ``TranslationTask``, so that training and generation run the code fairseq-train and
 fairseq-generate run.
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,9 +49,9 @@ def joined_dictionary(size: int) -> Dictionary:
     return d
 
 
-def setup_task(model: str, size: str, data: Optional[str]):
-    """(cfg, task) for ``model`` at ``size``; the task reads ``data`` when given."""
-    argv = [data or "synthetic", "--user-dir", USER_DIR, *COMMON, *arch_args(model, size)]
+def setup_task(model: str, size: str, data: Optional[str], extra: Sequence[str] = ()):
+    """(cfg, task) for ``model`` at ``size`` (``extra``: more flags); the task reads ``data`` when given."""
+    argv = [data or "synthetic", "--user-dir", USER_DIR, *COMMON, *arch_args(model, size), *map(str, extra)]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     if data:
         return cfg, tasks.setup_task(cfg.task)
@@ -59,9 +59,9 @@ def setup_task(model: str, size: str, data: Optional[str]):
     return cfg, TranslationTask(cfg.task, d, d)
 
 
-def build(model: str, size: str, data: Optional[str]):
+def build(model: str, size: str, data: Optional[str], extra: Sequence[str] = ()):
     """(cfg, task, model) as fairseq-train builds them."""
-    cfg, task = setup_task(model, size, data)
+    cfg, task = setup_task(model, size, data, extra)
     return cfg, task, task.build_model(cfg.model)
 
 

@@ -103,6 +103,28 @@ def test_wmt_en_de_parameter_count_derived_by_hand():
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+def test_relative_mixing_parameters_derived_by_hand_and_free_of_lengths():
+    vocab, d, K = 1000, 512, 16
+    absolute = build_translation_model("resmlp_wmt_en_de", vocab=vocab)
+    relative = build_translation_model("resmlp_wmt_en_de", vocab=vocab, token_mixing="relative", mixing_window=K)
+    per_layer_absolute = 512 * 512 + 512
+    encoder_relative, decoder_relative = (2 * K + 1) + 2 + 1, (K + 1) + 1 + 1  # offsets, far means, bias
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(absolute) - count(relative) == 6 * (per_layer_absolute - encoder_relative) + 6 * (
+        per_layer_absolute - decoder_relative)
+    assert relative.max_positions() == (4096, 4096)  # a cap, not a matrix size
+    capped = build_translation_model("resmlp_wmt_en_de", vocab=vocab, token_mixing="relative", max_source_positions=9000)
+    assert count(capped) == count(relative) and capped.max_positions() == (9000, 4096)
+
+
+def test_checkpoint_of_the_other_mixing_mode_gets_a_clear_error():
+    relative = build_translation_model(**SMALL, token_mixing="relative", mixing_window=3).state_dict()
+    with pytest.raises(ValueError, match="source token mixing is relative but the model being built is absolute"):
+        build_translation_model(**SMALL).load_state_dict(relative)
+    with pytest.raises(ValueError, match="7 offset weights but --mixing-window 4 gives 9"):
+        build_translation_model(**SMALL, token_mixing="relative", mixing_window=4).load_state_dict(relative)
+
+
 @pytest.mark.parametrize(
     "arch, layers, dropout",
     [("resmlp_wmt_en_de", 6, 0.15), ("resmlp_wmt_en_de_12", 12, 0.15),

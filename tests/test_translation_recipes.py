@@ -48,17 +48,32 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_transformer_prints_its_table(multi30k_like, tmp_path):
-    """compare_transformer.sh, two models at a time, with 3 updates each."""
-    out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2, PARALLEL=1)
-    rows = re.findall(r"^(resmlp_small|transformer|transformer_prenorm) +([\d.]+) +(\d+) +(\d+) +([\d.]+) +([\d,]+)$",
-                      out, re.M)
-    assert [r[0] for r in rows] == ["resmlp_small", "transformer", "transformer_prenorm"], out
-    assert all(r[3] == "3" for r in rows)
-    params = {name: int(p.replace(",", "")) for name, *_, p in rows}
-    # pre-norm adds a final LayerNorm (weight and bias, d 256) to the encoder and to the decoder
-    assert params["transformer_prenorm"] == params["transformer"] + 2 * 2 * 256
-    assert params["transformer"] > params["resmlp_small"]
+def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
+    """compare_transformer.sh, two models at a time, 2 seeds of 3 updates each, and long inputs."""
+    out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2, PARALLEL=1,
+                      MODELS="resmlp_relative transformer", SEEDS="1 2", LONG_FACTORS="4")
+    rows = re.findall(r"^(resmlp_relative|transformer) +([\d.]+) +([\d.]+)/([\d.]+) +(\d+) +(\d+) "
+                      r"+([\d.]+) +([\d,]+)$", out, re.M)
+    assert [r[0] for r in rows] == ["resmlp_relative", "transformer"], out
+    for name, mean, first, second, _, updates, _, _ in rows:
+        assert abs(float(mean) - (float(first) + float(second)) / 2) <= 0.006 and updates == "3", (name, out)
+    params = {r[0]: int(r[-1].replace(",", "")) for r in rows}
+    assert params["transformer"] > params["resmlp_relative"]
+    # the long-input table: 21 test sentences make 5 inputs of 4, all translated by each model
+    long_rows = re.findall(r"^(resmlp_relative|transformer) +4 +5/5 +([\d.]+) +([\d.]+) +(-?[\d.]+)$", out, re.M)
+    assert [r[0] for r in long_rows] == ["resmlp_relative", "transformer"], out
+    for _, parts, whole, drop in long_rows:
+        assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
+
+
+def test_long_inputs_join_consecutive_lines():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("long_inputs", os.path.join(REPO, "examples/translation/long_inputs.py"))
+    long_inputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_inputs)
+    assert long_inputs.joined(["a", "b", "c", "d", "e"], 2) == ["a b", "c d"]
+    assert long_inputs.joined(["a", "b", "c"], 1) == ["a", "b", "c"]
 
 
 def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):

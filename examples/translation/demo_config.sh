@@ -6,7 +6,11 @@
 # - token mixing initialised to the prefix mean, LayerScale 1.0: the model starts out
 #   averaging context as attention does at initialisation, instead of ignoring it;
 # - the average of the last checkpoints (every 200 updates).
-DEMO_MODEL_ARGS=(--arch resmlp_small --share-all-embeddings --encoder-layers 3 --decoder-layers 3
-                 --dropout 0.1 --token-mixing-init mean --layerscale-init 1.0)
+# TOKEN_MIXING=absolute|relative picks the token mixing (MIXING_WINDOW: relative's window).
+RESMLP_ARGS=(--arch resmlp_small --share-all-embeddings --encoder-layers 3 --decoder-layers 3
+             --dropout 0.1 --token-mixing-init mean --layerscale-init 1.0)
+TOKEN_MIXING=${TOKEN_MIXING:-absolute} MIXING_WINDOW=${MIXING_WINDOW:-16}
+DEMO_MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing "$TOKEN_MIXING")
+[ "$TOKEN_MIXING" = relative ] && DEMO_MODEL_ARGS+=(--mixing-window "$MIXING_WINDOW")
 export LR=${LR:-3e-3} WARMUP=${WARMUP:-200} MAX_TOKENS=${MAX_TOKENS:-1024}
 export AVERAGE=${AVERAGE:-5} SAVE_EVERY=${SAVE_EVERY:-200}

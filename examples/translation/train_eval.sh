@@ -6,7 +6,7 @@
 #
 # DATA is resmlp-prep-multi30k's output (data-bin/, test.raw.*); OUT receives train.log,
 # checkpoints/, generate-test.txt and bleu.txt. Settings (environment): PAIR, MINUTES,
-# MAX_UPDATE (0: no limit), LR, WARMUP, MAX_TOKENS, as in demo.sh; AVERAGE=N (default 0)
+# MAX_UPDATE (0: no limit), LR, WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; AVERAGE=N (default 0)
 # saves a checkpoint every SAVE_EVERY (default 100) updates and translates with the
 # average of the last N-1 of them and the final one (resmlp-average-checkpoints).
 set -euo pipefail
@@ -37,7 +37,7 @@ fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens "${MAX_TOKENS:-4096}" --max-update "${MAX_UPDATE:-0}" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
-    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed 1 --cpu \
+    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed "${SEED:-1}" --cpu \
     --log-format simple --log-interval 25 2>&1 | tee "$OUT/train.log" \
     | grep --line-buffered -E "train_inner|valid on|done training|Error|error"
 echo "   trained in $(( $(date +%s) - start )) s"
@@ -53,6 +53,7 @@ if [ "$AVERAGE" -gt 1 ]; then
     resmlp-average-checkpoints --inputs "$OUT/checkpoints/checkpoint_last.pt" "${recent[@]}" --output "$model"
 fi
 
+echo "$model" > "$OUT/model.txt"  # the checkpoint that was scored, for later evaluations
 echo "== translating test2016 with beam 4 (${model##*/})"
 fairseq-generate "$DATA/data-bin" --user-dir "$USER_DIR" --source-lang "$SRC" --target-lang "$TGT" \
     --path "$model" --gen-subset test --beam 4 --batch-size 128 \

@@ -1,0 +1,104 @@
+"""Long inputs: translate k consecutive test sentences as one input, and one by one.
+
+For each factor k (default 2, 4, 8), the test set's sentences i*k .. i*k+k-1 are joined
+with a space, sources and references alike. Each model translates every joined source
+as one input ("whole") and, separately, the original sentences one at a time, whose
+translations are joined the same way ("parts"). Both are scored with sacreBLEU against
+the joined references; the drop (parts - whole) is what the length alone costs.
+
+A model whose limits do not fit an input (the absolute mixing matrix of ResMLP) cannot
+translate it: fairseq-generate skips it (--skip-invalid-size-inputs-valid-test), and
+both columns of that row are scored on the groups it did translate, with the count shown.
+
+    python examples/translation/long_inputs.py --data runs/compare-en-de/data --pair en-de \\
+        --model relative=runs/.../checkpoint_avg.pt --model transformer=... [--factors 2,4,8]
+"""
+import argparse
+import os
+import subprocess
+import sys
+from typing import Dict, List, Sequence
+
+import sacrebleu
+
+from resmlp_mt.cli.score import read_hypotheses, read_lines
+from resmlp_mt.prep.common import encode
+
+USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "resmlp_mt")
+BIN = os.path.dirname(sys.executable)
+# Generous output limits for all runs alike (fairseq's default caps outputs at 200 tokens).
+GENERATION = ["--beam", "4", "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece"]
+
+
+def joined(lines: Sequence[str], k: int) -> List[str]:
+    """Groups of k consecutive lines, each joined with a space (a last short group is dropped)."""
+    return [" ".join(lines[i : i + k]) for i in range(0, len(lines) - k + 1, k)]
+
+
+def binarize(data: str, src: str, tgt: str, k: int, work: str) -> str:
+    """The k-fold joined test set, through the data's sentencepiece model and dictionaries."""
+    out = os.path.join(work, f"x{k}")
+    bin_dir = os.path.join(out, "bin")
+    if os.path.exists(os.path.join(bin_dir, f"test.{src}-{tgt}.{src}.bin")):
+        return bin_dir
+    os.makedirs(out, exist_ok=True)
+    for lang in (src, tgt):
+        with open(os.path.join(out, f"raw.{lang}"), "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in joined(read_lines(os.path.join(data, f"test.raw.{lang}")), k))
+        encode(os.path.join(data, "spm.model"), os.path.join(out, f"raw.{lang}"), os.path.join(out, f"test.{lang}"), 1)
+    dicts = os.path.join(data, "data-bin")
+    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", src, "--target-lang", tgt,
+                    "--testpref", os.path.join(out, "test"), "--destdir", bin_dir,
+                    "--srcdict", os.path.join(dicts, f"dict.{src}.txt"), "--tgtdict", os.path.join(dicts, f"dict.{tgt}.txt"),
+                    "--workers", "1"], check=True, capture_output=True)
+    return bin_dir
+
+
+def translate(bin_dir: str, src: str, tgt: str, checkpoint: str, out: str, batch_size: int) -> Dict[int, str]:
+    """fairseq-generate's detokenized hypotheses by sentence id (skipped inputs are absent)."""
+    with open(out, "w", encoding="utf-8") as f:
+        subprocess.run([os.path.join(BIN, "fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", checkpoint,
+                        "--source-lang", src, "--target-lang", tgt, "--gen-subset", "test", "--cpu",
+                        "--batch-size", str(batch_size), "--skip-invalid-size-inputs-valid-test", *GENERATION],
+                       check=True, stdout=f, stderr=subprocess.DEVNULL)
+    return read_hypotheses(out)
+
+
+def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int], work: str) -> List[list]:
+    src, tgt = pair.split("-")
+    refs = read_lines(os.path.join(data, f"test.raw.{tgt}"))
+    rows = []
+    for name, checkpoint in models.items():
+        parts = translate(os.path.join(data, "data-bin"), src, tgt, checkpoint, os.path.join(work, f"{name}.x1.txt"), 64)
+        for k in factors:
+            whole = translate(binarize(data, src, tgt, k, work), src, tgt, checkpoint,
+                              os.path.join(work, f"{name}.x{k}.txt"), 16)
+            groups = [g for g in range(len(refs) // k) if g in whole and all(i in parts for i in range(g * k, g * k + k))]
+            joined_refs = [joined(refs, k)[g] for g in groups]
+            by_parts = [" ".join(parts[i] for i in range(g * k, g * k + k)) for g in groups]
+            bleu_whole = sacrebleu.corpus_bleu([whole[g] for g in groups], [joined_refs]).score if groups else float("nan")
+            bleu_parts = sacrebleu.corpus_bleu(by_parts, [joined_refs]).score if groups else float("nan")
+            rows.append([name, k, f"{len(groups)}/{len(refs) // k}", bleu_parts, bleu_whole, bleu_parts - bleu_whole])
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="resmlp-prep-multi30k's output (data-bin/, spm.model, test.raw.*)")
+    p.add_argument("--pair", default="en-de")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
+    p.add_argument("--factors", default="2,4,8", help="comma-separated numbers of sentences per input")
+    p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
+    args = p.parse_args(argv)
+    models = dict(m.split("=", 1) for m in args.model)
+    work = args.work or os.path.join(args.data, "long-inputs")
+    os.makedirs(work, exist_ok=True)
+    rows = evaluate(args.data, args.pair, models, [int(k) for k in args.factors.split(",")], work)
+    print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6}")
+    for name, k, groups, parts, whole, drop in rows:
+        print(f"{name:<20} {k:>2} {groups:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
