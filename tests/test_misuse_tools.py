@@ -1,4 +1,5 @@
 """The checkpoint tools misused as a new user would: each case ends in one error line, or works."""
+import json
 import os
 
 import pytest
@@ -8,6 +9,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
 from helpers import USER_DIR, dictionary
+from resmlp_mt import safe_load
 from resmlp_mt.cli import average_checkpoints
 
 TINY = ["--arch", "resmlp_small", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
@@ -37,6 +39,50 @@ def translation_checkpoint(directory, data="data-bin", name="checkpoint_last.pt"
         "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": {"state": {}},
     }, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------- resmlp-export-safe
+
+
+def test_export_from_another_directory_needs_data(tmp_path, monkeypatch, capsys):
+    checkpoint = translation_checkpoint(str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)  # not where training ran: the config's relative "data-bin" is not here
+    prefix = str(tmp_path / "export" / "model")
+    assert safe_load.main([checkpoint, prefix]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the data-bin data-bin (a relative path, read from the current directory")
+    assert "pass --data DATA_BIN" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "export").exists() or not os.listdir(tmp_path / "export")
+
+    assert safe_load.main([checkpoint, prefix, "--data", str(tmp_path / "run" / "data-bin")]) == 0
+    assert safe_load.load_model(prefix).encoder.embed_tokens.weight.shape == (30, 16)
+
+
+def test_export_is_shareable(tmp_path, monkeypatch):
+    """No absolute path of the exporting machine in the JSON; every file with an ordinary new file's mode."""
+    checkpoint = translation_checkpoint(str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path / "run")
+    prefix = str(tmp_path / "export" / "model")
+    assert safe_load.main([checkpoint, prefix]) == 0
+    config = json.load(open(prefix + ".json"))
+    assert config["exported_from"] == "checkpoint_last.pt"
+    assert str(tmp_path) not in open(prefix + ".json").read()
+    umask = os.umask(0o022)
+    try:
+        assert safe_load.main([checkpoint, prefix]) == 0  # again, over the first export, under umask 022
+    finally:
+        os.umask(umask)
+    files = sorted(os.listdir(tmp_path / "export"))
+    assert files == ["model.dict.src.txt", "model.dict.tgt.txt", "model.json", "model.safetensors"]
+    assert {oct(os.stat(tmp_path / "export" / f).st_mode & 0o777) for f in files} == {"0o644"}
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("hello world\n")
+    assert safe_load.main([str(tmp_path / "notes.pt"), str(tmp_path / "export" / "model")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.pt'} is not a fairseq checkpoint") and len(err.splitlines()) == 1
+    assert not (tmp_path / "export").exists()
 
 
 # ------------------------------------------------------------------------------- resmlp-average-checkpoints
