@@ -57,7 +57,8 @@ def from_timm(state_dict: dict) -> dict:
     if "stem.proj.weight" not in state_dict:
         hint = (" (it is a resmlp_mt checkpoint: convert it to timm's format with --to timm)"
                 if "patch_embed.weight" in state_dict else "")
-        raise ValueError(f"not a ResMLP state dict of timm or DeiT: no stem.proj.weight / patch_embed.proj.weight{hint}")
+        raise ValueError(f"not a ResMLP state dict of timm or DeiT: no stem.proj.weight / patch_embed.proj.weight"
+                         f"{hint}")
     return _rename(state_dict, TIMM_TO_OURS, lambda v: (-1,))
 
 
@@ -78,8 +79,8 @@ def image_state(checkpoint: dict, path: str) -> dict:
     state = checkpoint["model"]
     if (arch is not None and arch not in ARCHS and arch != "resmlp_image") or not all(k in state for k in IMAGE_KEYS):
         what = f"a {arch!r} checkpoint" if arch else "not an image ResMLP checkpoint"
-        kind = " (translation)" if arch and arch.startswith("resmlp") or "encoder.layers.0.token_mixing.weight" in state \
-            else ""
+        translation = (arch or "").startswith("resmlp") or "encoder.layers.0.token_mixing.weight" in state
+        kind = " (translation)" if translation else ""
         raise ValueError(f"{path} is {what}{kind}: --to timm converts image ResMLP checkpoints only "
                          f"(--task image_classification, --arch {'/'.join(ARCHS)}); timm has no translation models")
     return state

@@ -65,7 +65,8 @@ def export(checkpoint: str, prefix: str, data: Optional[str] = None) -> dict:
         where = "" if os.path.isabs(root) else f" (a relative path, read from the current directory {os.getcwd()})"
         source = "--data" if data is not None else f"{checkpoint}'s config"
         raise FileNotFoundError(f"the data-bin {root}{where}, named by {source}, is not a directory: pass --data "
-                                "DATA_BIN, the data-bin the model was trained with (it holds dict.SRC.txt, dict.TGT.txt)")
+                                "DATA_BIN, the data-bin the model was trained with (it holds dict.SRC.txt, "
+                                "dict.TGT.txt)")
     try:
         task = tasks.setup_task(cfg.task)  # reads the dictionaries, infers the language pair
     except FileNotFoundError as e:
