@@ -11,21 +11,26 @@ timm's become ours here. The architecture (depth, width, patch size, resolution,
 classes, channels) is read off the weights, and the output is a fairseq checkpoint
 with a complete config for ``--task image_classification`` that ``fairseq-validate
 --path`` and ``fairseq-train --finetune-from-model`` load. ``--num-classes N`` puts a
-new, untrained N-class head on for fine-tuning. ``--to timm`` writes a plain state
-dict that ``timm.create_model("resmlp_12_224", checkpoint_path=...)`` loads.
+new, untrained N-class head on for fine-tuning. ``--to timm`` takes image ResMLP
+checkpoints only (a translation model has no timm counterpart) and writes a plain
+state dict only after timm's model has loaded it (strict): the success line says how,
+e.g. ``timm.create_model("resmlp_12_224", checkpoint_path=...)``.
 """
 import argparse
+import functools
 import math
 import os
 import re
 import sys
 
+import timm
 from fairseq import checkpoint_utils, options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 from timm.models import load_state_dict
-from timm.models.mlp_mixer import checkpoint_filter_fn
+from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, checkpoint_filter_fn
 
+from . import checkpoint_file
 from .models.resmlp_image import ARCHS, ResMLPImageModel
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -50,12 +55,64 @@ def from_timm(state_dict: dict) -> dict:
     if "patch_embed.proj.weight" in state_dict:
         state_dict = checkpoint_filter_fn(state_dict, None)  # official names -> timm's
     if "stem.proj.weight" not in state_dict:
-        raise ValueError("not a ResMLP state dict of timm or DeiT: no stem.proj.weight / patch_embed.proj.weight")
+        hint = (" (it is a resmlp_mt checkpoint: convert it to timm's format with --to timm)"
+                if "patch_embed.weight" in state_dict else "")
+        raise ValueError(f"not a ResMLP state dict of timm or DeiT: no stem.proj.weight / patch_embed.proj.weight"
+                         f"{hint}")
     return _rename(state_dict, TIMM_TO_OURS, lambda v: (-1,))
 
 
 def to_timm(state_dict: dict) -> dict:
     return _rename(state_dict, OURS_TO_TIMM, lambda v: (1, 1, -1))
+
+
+IMAGE_KEYS = ("patch_embed.weight", "blocks.0.token_mixing.weight", "head.weight")
+# (patch, width, depth) -> timm's registered name; any resolution, class count and channels go as arguments.
+TIMM_NAMES = {(16, 384, 12): "resmlp_12_224", (16, 384, 24): "resmlp_24_224", (16, 384, 36): "resmlp_36_224",
+              (8, 768, 24): "resmlp_big_24_224"}
+
+
+def image_state(checkpoint: dict, path: str) -> dict:
+    """The model weights of a fairseq checkpoint of ``resmlp_image``; ValueError for any other model."""
+    cfg = checkpoint.get("cfg") or {}
+    arch = (cfg.get("model") or {}).get("_name") if hasattr(cfg, "get") else None
+    state = checkpoint["model"]
+    if (arch is not None and arch not in ARCHS and arch != "resmlp_image") or not all(k in state for k in IMAGE_KEYS):
+        what = f"a {arch!r} checkpoint" if arch else "not an image ResMLP checkpoint"
+        translation = (arch or "").startswith("resmlp") or "encoder.layers.0.token_mixing.weight" in state
+        kind = " (translation)" if translation else ""
+        raise ValueError(f"{path} is {what}{kind}: --to timm converts image ResMLP checkpoints only "
+                         f"(--task image_classification, --arch {'/'.join(ARCHS)}); timm has no translation models")
+    return state
+
+
+def timm_model(config: dict):
+    """timm's model for these sizes, and the Python expression that builds it."""
+    sizes = dict(img_size=config["img_size"], num_classes=config["num_classes"], in_chans=config["in_chans"])
+    name = TIMM_NAMES.get((config["patch_size"], config["embed_dim"], config["depth"]))
+    if name and config["mlp_ratio"] == 4:
+        args = {k: v for k, v in sizes.items() if v != dict(img_size=224, num_classes=1000, in_chans=3)[k]}
+        shown = "".join(f", {k}={v}" for k, v in args.items())
+        return timm.create_model(name, pretrained=False, **args), f"timm.create_model({name!r}{shown}, " \
+                                                                  "checkpoint_path=...)"
+    args = dict(sizes, patch_size=config["patch_size"], num_blocks=config["depth"], embed_dim=config["embed_dim"],
+                mlp_ratio=config["mlp_ratio"])
+    shown = ", ".join(f"{k}={v}" for k, v in args.items())
+    model = MlpMixer(**args, block_layer=functools.partial(ResBlock, init_values=0.1), norm_layer=Affine)
+    return model, (f"MlpMixer({shown}, block_layer=ResBlock, norm_layer=Affine), all three from "
+                   "timm.models.mlp_mixer, then .load_state_dict(torch.load(...))")
+
+
+def checked_timm_state(state_dict: dict) -> tuple:
+    """Our weights in timm's names, after timm's model has loaded them strictly; and how to load them."""
+    out = to_timm(state_dict)
+    model, how = timm_model(model_config(state_dict))
+    try:
+        model.load_state_dict(out, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"timm's model does not load the converted weights ({how}): "
+                         f"{' '.join(str(e).split())[:500]}") from None
+    return out, how
 
 
 def model_config(state_dict: dict) -> dict:
@@ -119,19 +176,24 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="imagefolder", help="what --data holds (see --task image_classification)")
     p.add_argument("--num-classes", type=int, help="replace the classifier by a new one with this many classes")
     args = p.parse_args(argv)
+    how = None
     try:
-        if not os.path.isfile(args.input):
-            raise FileNotFoundError(f"{args.input} does not exist")
         if args.to == "timm":
-            state = to_timm(checkpoint_utils.load_checkpoint_to_cpu(args.input)["model"])  # a pickle: trusted input
+            checkpoint = checkpoint_file.load_fairseq(args.input, "a fairseq checkpoint of an image ResMLP")
+            state, how = checked_timm_state(image_state(checkpoint, args.input))  # the load above: a pickle
         else:
+            checkpoint_file.require(args.input, "ResMLP weights of timm or DeiT (.pth, .safetensors)",
+                                    safetensors=True)
             weights = from_timm(load_state_dict(args.input))
             state = fairseq_checkpoint(weights, args.data, args.dataset, args.num_classes)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    except checkpoint_file.NotACheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, RuntimeError) as e:
         print(f"error: cannot convert {args.input}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     checkpoint_utils.torch_persistent_save(state, args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f"; load it with {how}" if how else ""))
     return 0
 
 

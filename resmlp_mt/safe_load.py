@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import safetensors.torch
 from fairseq.data import Dictionary
 
+from . import checkpoint_file
 from .models.resmlp_translation import ResMLPModel, ResMLPTranslationConfig
 
 FORMAT = "resmlp_mt.translation/1"
@@ -42,11 +43,15 @@ _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ResMLPTranslationConfi
 
 
 def export(checkpoint: str, prefix: str, data: Optional[str] = None) -> dict:
-    """Write PREFIX.safetensors, PREFIX.json and PREFIX.dict.{src,tgt}.txt from a trusted checkpoint."""
-    from fairseq import checkpoint_utils, tasks
+    """Write PREFIX.safetensors, PREFIX.json and PREFIX.dict.{src,tgt}.txt from a trusted checkpoint.
+
+    The files appear together or not at all (written under temporary names, then renamed), all
+    with the mode of an ordinary new file (safetensors alone would make its file 0600), and the
+    JSON names the checkpoint by its file name only: it is meant to be shared."""
+    from fairseq import tasks
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)  # a pickle: trusted input only
+    state = checkpoint_file.load_fairseq(checkpoint, "a fairseq checkpoint of a ResMLP translation model")
     cfg = state.get("cfg")
     if cfg is None or cfg.get("model") is None:
         raise ValueError(f"{checkpoint} has no fairseq config (cfg.model): is it a fairseq checkpoint?")
@@ -56,18 +61,24 @@ def export(checkpoint: str, prefix: str, data: Optional[str] = None) -> dict:
     if data is not None:
         cfg.task.data = data
     root = str(cfg.task.data).split(os.pathsep)[0]
-    task = tasks.setup_task(cfg.task)  # reads the dictionaries, infers the language pair
+    if not os.path.isdir(root):
+        where = "" if os.path.isabs(root) else f" (a relative path, read from the current directory {os.getcwd()})"
+        source = "--data" if data is not None else f"{checkpoint}'s config"
+        raise FileNotFoundError(f"the data-bin {root}{where}, named by {source}, is not a directory: pass --data "
+                                "DATA_BIN, the data-bin the model was trained with (it holds dict.SRC.txt, "
+                                "dict.TGT.txt)")
+    try:
+        task = tasks.setup_task(cfg.task)  # reads the dictionaries, infers the language pair
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"the data-bin {root} lacks {e.filename or e}: pass --data DATA_BIN, the data-bin "
+                                "the model was trained with (it holds dict.SRC.txt, dict.TGT.txt)") from None
     model = task.build_model(cfg.model)
     model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)  # names any mismatch
 
     out_dir = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.basename(prefix)
     langs = {"source": task.cfg.source_lang, "target": task.cfg.target_lang}
-    dictionaries = {}
-    for side, lang in langs.items():
-        name = f"{os.path.basename(prefix)}.dict.{lang}.txt"
-        shutil.copyfile(os.path.join(root, f"dict.{lang}.txt"), os.path.join(out_dir, name))
-        dictionaries[side] = name
+    dictionaries = {side: f"{base}.dict.{lang}.txt" for side, lang in langs.items()}
     config = {
         "format": FORMAT,
         "arch": arch,
@@ -75,13 +86,42 @@ def export(checkpoint: str, prefix: str, data: Optional[str] = None) -> dict:
         "source_lang": langs["source"],
         "target_lang": langs["target"],
         "dictionaries": dictionaries,
-        "exported_from": os.path.abspath(checkpoint),
+        "exported_from": os.path.basename(checkpoint),
     }
-    safetensors.torch.save_model(model, prefix + ".safetensors", metadata={"format": "pt", "arch": arch})
-    with open(prefix + ".json", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = {}  # final path -> temporary path
+    try:
+        for side, lang in langs.items():
+            final = os.path.join(out_dir, dictionaries[side])
+            tmp[final] = _tmp_name(final)
+            shutil.copyfile(os.path.join(root, f"dict.{lang}.txt"), tmp[final])
+        tmp[prefix + ".safetensors"] = _tmp_name(prefix + ".safetensors")
+        safetensors.torch.save_model(model, tmp[prefix + ".safetensors"], metadata={"format": "pt", "arch": arch})
+        tmp[prefix + ".json"] = _tmp_name(prefix + ".json")
+        with open(tmp[prefix + ".json"], "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        mode = _new_file_mode()
+        for final, path in tmp.items():
+            os.chmod(path, mode)
+        for final, path in tmp.items():
+            os.replace(path, final)
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
     return config
+
+
+def _tmp_name(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}"
+
+
+def _new_file_mode() -> int:
+    """0666 less the umask: the mode ``open(path, "w")`` gives a new file (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load_model(prefix: str, device: str = "cpu") -> ResMLPModel:
@@ -116,7 +156,7 @@ def _same_bytes(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="resmlp-export-safe",
         description="Export a trusted ResMLP translation checkpoint to safetensors + JSON + dictionaries, "
@@ -126,12 +166,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("prefix", help="output prefix: writes PREFIX.safetensors, PREFIX.json, PREFIX.dict.*.txt")
     parser.add_argument("--data", help="data-bin with the model's dict.*.txt (default: the one it was trained on)")
     args = parser.parse_args(argv)
-    config = export(args.checkpoint, args.prefix, data=args.data)
+    try:
+        config = export(args.checkpoint, args.prefix, data=args.data)
+    except OSError as e:  # FileNotFoundError with our message, or a directory that cannot be written
+        print(f"error: {e if e.strerror is None else f'cannot write {e.filename}: {e.strerror}'}", file=sys.stderr)
+        return 2
+    except checkpoint_file.NotACheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:  # another model, weights that do not fit
+        print(f"error: cannot export {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     written = [args.prefix + ".safetensors", args.prefix + ".json"] + [
         os.path.join(os.path.dirname(os.path.abspath(args.prefix)), name) for name in config["dictionaries"].values()
     ]
     print("\n".join(dict.fromkeys(written)), file=sys.stdout)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import resmlp_mt  # noqa: E402,F401  (loads fairseq checkpoints on torch >= 2.6)
-from fairseq import checkpoint_utils  # noqa: E402
+from resmlp_mt import checkpoint_file  # noqa: E402
 
 KEY = re.compile(r"^(?P<stack>.+)\.(?P<layer>\d+)\.token_mixing\.weight$")
 
@@ -85,8 +85,8 @@ def draw(stack: str, layer: int, matrix: torch.Tensor, vision: bool, grid: int, 
 def show(
     checkpoint: str, out_dir: str, layers: Optional[List[int]] = None, grid: int = 8, positions: int = 32
 ) -> List[str]:
-    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)  # a pickle: trusted input only
-    stacks = mixing_matrices(state.get("model", state))
+    state = checkpoint_file.load_fairseq(checkpoint, "a fairseq checkpoint of a ResMLP")  # a pickle: trusted only
+    stacks = mixing_matrices(state["model"])
     if not stacks:
         raise ValueError(f"{checkpoint} has no token-mixing weights (*.token_mixing.weight): not a ResMLP checkpoint")
     os.makedirs(out_dir, exist_ok=True)
@@ -115,6 +115,10 @@ def main(argv=None) -> int:
         written = show(args.checkpoint, args.out_dir, args.layers, args.grid, args.positions)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the pictures' directory
+        print(f"error: cannot write the pictures to {args.out_dir}: {e.strerror} ({e.filename}); "
+              "pass a directory you can write to", file=sys.stderr)
         return 2
     for path in written:
         print(path)

@@ -1,4 +1,5 @@
 """resmlp-convert: timm's and the official (DeiT) ResMLP weights give timm's logits here."""
+import random
 import re
 
 import pytest
@@ -6,7 +7,7 @@ import timm
 import torch
 from fairseq import checkpoint_utils
 
-from helpers import USER_DIR, run_cli
+from helpers import USER_DIR, build_translation_model, run_cli
 from resmlp_mt import convert
 from resmlp_mt.models.resmlp_image import ResMLPImageModel
 from test_image_data import image_folder_tree, write_image_folder  # noqa: F401  (a fixture)
@@ -115,3 +116,68 @@ def test_converted_checkpoint_through_fairseq_validate(tmp_path, image_folder_tr
     three = write_image_folder(tmp_path / "three", {"val": (1, 1, 1)}, classes=("a", "b", "c"))
     with pytest.raises(ValueError, match="checkpoint classifies 2 classes but the data have 3"):
         checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "ours.pt")], arg_overrides={"data": three})
+
+
+def tiny_image_checkpoint(path, **extra_weights):
+    """A fairseq checkpoint of resmlp_tiny_28 (1 channel, 10 classes) with random weights."""
+    torch.manual_seed(0)
+    model = ResMLPImageModel(num_classes=10, in_chans=1, img_size=28, patch_size=4, embed_dim=64, depth=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return save_checkpoint({**model.state_dict(), **extra_weights}, path), model.eval()
+
+
+def save_checkpoint(state_dict, path, arch=None):
+    """The parts of a trainer's checkpoint that fairseq's loader reads."""
+    checkpoint_utils.torch_persistent_save({
+        "args": None, "cfg": {"model": {"_name": arch}} if arch else None, "model": state_dict,
+        "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
+                               "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+    }, str(path))
+    return str(path)
+
+
+def test_to_timm_loads_into_timms_model_before_it_is_written(tmp_path, capsys):
+    """A size timm has no name for (resmlp_tiny_28): the success line says how timm builds it, and it does."""
+    path, ours = tiny_image_checkpoint(tmp_path / "tiny.pt")
+    assert convert.main([path, str(tmp_path / "tiny.pth"), "--to", "timm"]) == 0
+    out = capsys.readouterr().out
+    assert "MlpMixer(img_size=28, num_classes=10, in_chans=1, patch_size=4, num_blocks=4, embed_dim=64" in out
+    model = timm.models.mlp_mixer.MlpMixer(img_size=28, num_classes=10, in_chans=1, patch_size=4, num_blocks=4,
+                                           embed_dim=64, mlp_ratio=4.0, block_layer=timm.models.mlp_mixer.ResBlock,
+                                           norm_layer=timm.models.mlp_mixer.Affine).eval()
+    model.load_state_dict(torch.load(tmp_path / "tiny.pth", weights_only=True), strict=True)
+    assert max_diff(model, ours, torch.randn(2, 1, 28, 28)) < TOLERANCE
+
+    # A weight timm's model has no place for: refused, nothing written.
+    path, _ = tiny_image_checkpoint(tmp_path / "extra.pt", **{"blocks.0.extra": torch.zeros(3)})
+    assert convert.main([path, str(tmp_path / "extra.pth"), "--to", "timm"]) == 2
+    err = capsys.readouterr().err
+    assert "timm's model does not load the converted weights" in err and "blocks.0.extra" in err
+    assert not (tmp_path / "extra.pth").exists()
+
+
+@pytest.mark.parametrize("arch", [None, "resmlp_small"])
+def test_to_timm_refuses_a_translation_checkpoint(tmp_path, capsys, arch):
+    model = build_translation_model(encoder_layers=2, decoder_layers=1, encoder_embed_dim=16,
+                                    encoder_ffn_embed_dim=32, decoder_attention_heads=2,
+                                    max_source_positions=20, max_target_positions=20)
+    path = save_checkpoint(model.state_dict(), tmp_path / "translation.pt", arch=arch)
+    assert convert.main([path, str(tmp_path / "out.pth"), "--to", "timm"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is " in err and "(translation)" in err and "converts image ResMLP checkpoints only" in err
+    assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("to", ["fairseq", "timm"])
+def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys, to):
+    (tmp_path / "notes.pt").write_text("hello world\n")
+    (tmp_path / "random.pt").write_bytes(random.Random(0).randbytes(5000))
+    for name, shown in (("notes.pt", "starts with the text 'hello world'"), ("random.pt", "(5000 bytes)")):
+        assert convert.main([str(tmp_path / name), str(tmp_path / "out"), "--to", to]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name} is not ") and shown in err, err
+        assert "torch.save zip archive" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

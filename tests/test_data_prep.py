@@ -3,8 +3,10 @@
 The WMT14 archives are fakes with the real archive names and member layout; the expected
 cleaning results are computed here from the generated sentences, independently of the code.
 """
+import errno
 import gzip
 import io
+import json
 import os
 import random
 import runpy
@@ -17,7 +19,7 @@ import pytest
 import sentencepiece as spm
 from fairseq.data import Dictionary, data_utils
 
-from resmlp_mt.prep import multi30k, wmt14
+from resmlp_mt.prep import common, multi30k, wmt14
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -141,11 +143,22 @@ def _truncate(raw, name):
     write_text(raw / name, [])
 
 
+def _latin1_line(n):
+    def corrupt(raw, name):
+        lines = read_lines(raw / name)
+        data = "".join(line + "\n" for line in lines).encode()
+        start = sum(len(line.encode()) + 1 for line in lines[:n - 1])
+        (raw / name).write_bytes(data[:start] + b"Caf\xe9 " + data[start:])  # Latin-1, not UTF-8
+    return corrupt
+
+
 @pytest.mark.parametrize("corrupt, name, expected", [
     (_remove, "val.de.gz", ["missing file val.de.gz", "in directory"]),
     (_drop_last_line, "train.de", ["line counts differ", "train.en.gz has 200 lines", "train.de has 199 lines"]),
     (_truncate, "test_2016_flickr.de.gz", ["empty file", "test_2016_flickr.de.gz"]),
     (_blank_line_17, "train.de", ["train.de: line 17 is empty"]),
+    (_latin1_line(1), "train.de", ["train.de: line 1 is not valid UTF-8 (byte 0xe9 at byte 4 of the line)"]),
+    (_latin1_line(150), "train.de", ["train.de: line 150 is not valid UTF-8 (byte 0xe9 at byte 4 of the line)"]),
 ])
 def test_multi30k_bad_input_is_reported(m30k_raw, tmp_path, capsys, corrupt, name, expected):
     raw = tmp_path / "raw"
@@ -165,6 +178,140 @@ def test_multi30k_missing_raw_dir_and_failed_download(tmp_path, capsys, monkeypa
     assert multi30k.main(["--out", str(tmp_path / "out"), "--download-url", "http://127.0.0.1:9/"]) == 2
     err = capsys.readouterr().err
     assert "could not download http://127.0.0.1:9/train.en.gz" in err and "--raw-dir" in err and "MULTI30K_DIR" in err
+
+
+def test_byte_order_marks_are_dropped(tmp_path):
+    raw = tmp_path / "raw"
+    for split in ("train", "valid", "test"):
+        write_text(raw.mkdir(exist_ok=True) or raw / f"{split}.en", ["\ufeffA dog runs .", "A cat sits ."])
+        write_text(raw / f"{split}.de.gz", ["\ufeffEin Hund rennt .", "Eine Katze sitzt ."])
+    inputs = {(split, lang): str(raw / f"{split}.{lang}{'.gz' if lang == 'de' else ''}")
+              for split in ("train", "valid", "test") for lang in ("en", "de")}
+    multi30k.write_splits(inputs, str(tmp_path / "out"), "en", "de")
+    assert read_lines(tmp_path / "out" / "raw" / "train.en") == ["A dog runs .", "A cat sits ."]
+    assert read_lines(tmp_path / "out" / "raw" / "train.de") == ["Ein Hund rennt .", "Eine Katze sitzt ."]
+    assert read_lines(tmp_path / "out" / "test.raw.de")[0] == "Ein Hund rennt ."
+
+
+def test_an_output_directory_that_cannot_be_created(m30k_raw, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert multi30k.main(["--raw-dir", str(m30k_raw), "--out", str(tmp_path / "a-file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot create the output directory {tmp_path / 'a-file' / 'out'}: Not a directory")
+    assert "pass an --out" in err and len(err.splitlines()) == 1
+
+
+def test_a_full_disk_leaves_nothing_half_written(m30k_raw, tmp_path, capsys, monkeypatch):
+    """The disk fills up while the sentencepiece pieces are written: one error line naming the file, no
+    partial file; the steps before it are done and a re-run skips them."""
+    out = tmp_path / "out"
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, text):
+            self.written += len(text)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(text)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode and os.path.basename(os.path.dirname(path)) == "spm" else f
+
+    monkeypatch.setattr(common, "open", full_disk_open, raising=False)
+    for run in range(2):
+        assert multi30k.main(["--raw-dir", str(m30k_raw), "--out", str(out), "--vocab-size", "150"]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()[-1]  # after tqdm's progress bars
+        assert "Traceback" not in captured.err
+        assert err == (f"error: cannot write {out / 'spm' / 'train.en'}: No space left on device. Nothing "
+                       "half-written was kept; free space on that disk (or pass --out on another one) and re-run: "
+                       "finished steps are skipped"), err
+        assert captured.out.count("up to date, skipped") == 2 * run
+        assert os.listdir(out / "spm") == []
+        assert not [f for _, _, files in os.walk(out) for f in files if ".tmp" in f]
+        assert (out / "spm.model").exists() and len(read_lines(out / "raw" / "train.en")) == 200
+
+
+def copy_of_prepared(m30k_raw, m30k_out, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    shutil.copytree(m30k_raw, raw)
+    shutil.copytree(m30k_out, out)  # with the modification times
+    return raw, out
+
+
+def test_an_edit_with_an_older_modification_time_is_seen(m30k_raw, m30k_out, tmp_path, capsys):
+    """As cp -p, rsync -t and tar x leave it. The data-bin was built from the old text: refused without --force."""
+    raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
+    before = snapshot(out / "data-bin")
+    lines = read_lines(raw / "train.de")
+    write_text(raw / "train.de", ["Ein ganz anderer Satz ."] + lines[1:])
+    os.utime(raw / "train.de", (946684800, 946684800))  # 2000-01-01
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "150"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out / 'data-bin'} was built with --character-coverage 1.0 --model-type bpe --pair en-de " \
+           "--spm-sample-size 2000000 --vocab-size 150;" in err
+    assert f"its input {raw / 'train.de'} changed" in err and "pass --force" in err and len(err.splitlines()) == 1
+    assert snapshot(out / "data-bin") == before and read_lines(out / "raw" / "train.de") == lines
+
+
+def test_another_vocab_size_does_not_replace_the_data_bin(m30k_raw, m30k_out, tmp_path, capsys):
+    raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
+    before = snapshot(out / "data-bin"), (out / "spm.model").read_bytes()
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "120"]) == 2
+    err = capsys.readouterr().err
+    assert "--vocab-size 150;" in err and "this run has --vocab-size 150 -> 120." in err and "--force" in err
+    assert (snapshot(out / "data-bin"), (out / "spm.model").read_bytes()) == before
+
+
+def test_touched_inputs_are_still_up_to_date(m30k_raw, m30k_out, tmp_path, capsys):
+    """Content, not modification times: a newer time on the same text re-runs nothing."""
+    raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
+    for path in [*raw.iterdir(), out / "spm.model"]:
+        os.utime(path)
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "150"]) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 9
+
+
+def test_an_output_directory_of_the_earlier_version(m30k_raw, m30k_out, tmp_path, capsys):
+    """Its steps were decided by modification times, with each step's options in .stamps/NAME.json: they count
+    as done, and a run with another vocabulary size is refused there too."""
+    raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
+    for record in (out / ".stamps").glob("step.*.json"):
+        record.unlink()
+    old_stamps = {"spm": {"vocab_size": 150, "model_type": "bpe", "character_coverage": 1.0,
+                          "spm_sample_size": 2000000},
+                  "raw": {"pair": "en-de", "inputs": sorted(str(p) for p in raw.iterdir())}}
+    for name, params in old_stamps.items():  # older than every output, as that version left them
+        (out / ".stamps" / f"{name}.json").write_text(json.dumps(params, sort_keys=True, indent=1))
+        os.utime(out / ".stamps" / f"{name}.json", (946684800, 946684800))
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "120"]) == 2
+    err = capsys.readouterr().err
+    assert "was built by an earlier version of this tool" in err and "its settings changed" not in err
+    assert "step 'train joint sentencepiece model' would run again: no record of its inputs" in err
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "150"]) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 9
+    assert len(list((out / ".stamps").glob("step.*.json"))) == 9
+
+
+@pytest.mark.slow
+def test_force_rebuilds_with_the_new_settings(m30k_raw, m30k_out, tmp_path, capsys):
+    raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "120", "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: --force:" in printed and "this run has --vocab-size 150 -> 120: rebuilding it" in printed
+    assert len(spm.SentencePieceProcessor(model_file=str(out / "spm.model"))) == 120
+    assert multi30k.main(["--raw-dir", str(raw), "--out", str(out), "--vocab-size", "120"]) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 9
 
 
 def test_output_dir_of_other_files_is_refused(m30k_raw, tmp_path, capsys):

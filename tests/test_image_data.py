@@ -146,3 +146,35 @@ def test_splits_with_different_classes(tmp_path):
     task = task_for(root)
     with pytest.raises(ImageDataError, match="has 3 classes .* but the task has 2"):
         task.load_dataset("valid")
+
+
+@pytest.mark.parametrize("target", ["train", "train/cat", "train/dog"])
+def test_directory_link_loop_names_the_link(tmp_path, target):
+    """A link back to the split, to its own class folder, or (over two links) to each other's."""
+    root = write_image_folder(tmp_path, {"train": (6, 6)})
+    link = tmp_path / "train" / "cat" / "more"
+    link.symlink_to(tmp_path / target, target_is_directory=True)
+    if target == "train/dog":
+        (tmp_path / "train" / "dog" / "back").symlink_to(tmp_path / "train" / "cat", target_is_directory=True)
+    task = task_for(root)
+    with pytest.raises(ImageDataError, match="directory link loop: .* leads back to") as error:
+        task.load_dataset("train")
+    message = str(error.value)
+    assert str(link) in message or str(tmp_path / "train" / "dog" / "back") in message
+
+
+def test_a_link_to_a_directory_outside_is_followed_once_and_counts_are_logged(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "data", {"train": (3, 4)})
+    extra = write_image_folder(tmp_path / "extra", {"more": (2,)})
+    (tmp_path / "data" / "train" / "cat" / "more").symlink_to(os.path.join(extra, "more", "cat"))
+    task = task_for(root)
+    with caplog.at_level(logging.INFO):
+        task.load_dataset("train")
+    assert len(task.dataset("train")) == 9
+    assert f"train ({tmp_path / 'data' / 'train'}): 9 images, 2 classes: cat 5, dog 4" in caplog.text
+
+
+def test_counts_of_many_classes_give_the_range():
+    classes = [f"c{i:02d}" for i in range(30)]
+    targets = [i for i in range(30) for _ in range(3)] + [7] * 5
+    assert data.describe_counts(targets, classes) == "95 images, 30 classes: from 3 (c00) to 8 (c07) per class"

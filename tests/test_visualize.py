@@ -52,3 +52,15 @@ def test_not_a_resmlp_checkpoint(tmp_path, capsys):
     path = save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
     assert visualize.main([path, str(tmp_path / "out")]) == 2
     assert "has no token-mixing weights" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello world\n")
+    assert visualize.main([str(tmp_path / "notes.txt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.txt'} is not a fairseq checkpoint of a ResMLP") and \
+        "starts with the text 'hello world'" in err and len(err.splitlines()) == 1, err
+    torch.save({"w": torch.zeros(2)}, tmp_path / "tensors.pt")  # a torch file, but no trainer's checkpoint
+    assert visualize.main([str(tmp_path / "tensors.pt"), str(tmp_path / "out")]) == 2
+    assert "is a torch file but not a fairseq checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ import torch
 
 import resmlp_mt  # noqa: F401  (loads fairseq checkpoints on torch >= 2.6)
 from fairseq import checkpoint_utils
+from resmlp_mt import checkpoint_file
 
 
 def last_checkpoints(directory: str, n: int, pattern: str) -> List[str]:
@@ -40,7 +41,7 @@ def average(paths: List[str]) -> dict:
     newest = None
     sums = {}
     for path in paths:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        state = checkpoint_file.load_fairseq(path)
         params = state["model"]
         if sums and params.keys() != sums.keys():
             raise ValueError(f"{path} has different parameters than {paths[0]}: not the same architecture")
@@ -52,6 +53,16 @@ def average(paths: List[str]) -> dict:
     newest["model"] = {name: (total / len(paths)).to(newest["model"][name].dtype) for name, total in sums.items()}
     newest["last_optimizer_state"] = None
     return newest
+
+
+def refuse_output_among_inputs(output: str, paths: List[str]) -> None:
+    """Writing the average over an input (checkpoint_last.pt, say) would lose its optimizer state and
+    update count: a resume from it would start at update 0."""
+    for path in paths:
+        if os.path.realpath(path) == os.path.realpath(output) or (
+                os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output)):
+            raise ValueError(f"--output {output} is one of the checkpoints to average ({path}): writing the average "
+                             "there would replace it (and its optimizer state); pass another --output")
 
 
 def main(argv=None) -> int:
@@ -67,11 +78,12 @@ def main(argv=None) -> int:
     if args.num_epoch_checkpoints or args.num_update_checkpoints:
         if len(paths) != 1 or not os.path.isdir(paths[0]):
             p.error("--num-*-checkpoints needs exactly one directory in --inputs")
+    try:
         if args.num_epoch_checkpoints:
             paths = last_checkpoints(paths[0], args.num_epoch_checkpoints, r"checkpoint(\d+)\.pt")
-        else:
+        elif args.num_update_checkpoints:
             paths = last_checkpoints(paths[0], args.num_update_checkpoints, r"checkpoint_\d+_(\d+)\.pt")
-    try:
+        refuse_output_among_inputs(args.output, paths)
         state = average(paths)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,10 +3,12 @@ the FairseqDataset that feeds them to fairseq's batching, sharding and workers.
 
 A source is indexable and yields ``(PIL image, class index)``; ``ImageDataset``
 applies the (timm) transform and collates. Bad data fail with the file's name:
-a corrupt or unreadable image when it is read, an empty class folder or a missing
-root when the split is opened. Files without an image extension inside class
-folders are skipped with one warning that lists them (torchvision's ImageFolder
-skips them silently).
+a corrupt or unreadable image when it is read, an empty class folder, a missing
+root or a directory link that loops back (torchvision follows links and would list
+the images below it once per level, 40 levels deep) when the split is opened. Files
+without an image extension inside class folders are skipped with one warning that
+lists them (torchvision's ImageFolder skips them silently). Each split logs its image
+count per class when it is opened.
 """
 import gzip
 import logging
@@ -62,9 +64,44 @@ def load_rgb(path: str) -> Image.Image:
         raise ImageDataError(f"cannot read image {path}: {e}") from e
 
 
+def check_link_loops(root: str) -> None:
+    """ImageDataError naming the first directory link under ``root`` that leads back to a directory
+    containing it (by resolved paths), which torchvision's ``os.walk(followlinks=True)`` would follow."""
+    stack = [(root, (os.path.realpath(root),))]  # (path, resolved paths of it and its ancestors)
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue  # unreadable: torchvision's walk skips it as well
+        for entry in entries:
+            if not entry.is_dir():  # follows links; a dangling or self-referential link is no directory
+                continue
+            real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(ancestors[-1], entry.name)
+            if real in ancestors:
+                raise ImageDataError(
+                    f"directory link loop: {entry.path} -> {os.readlink(entry.path)} leads back to {real}, which "
+                    f"contains it, so its images would be listed again at every level; remove the link "
+                    f"(or replace it by a copy)"
+                )
+            stack.append((entry.path, ancestors + (real,)))
+
+
+def describe_counts(targets, classes: List[str]) -> str:
+    """'20 images, 2 classes: cat 10, dog 10' (the fewest and most for many classes)."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(classes))
+    per_class = sorted(zip(counts.tolist(), map(str, classes)), key=lambda x: (x[0], x[1]))
+    text = f"{int(counts.sum())} images, {len(classes)} classes: "
+    if len(classes) <= 20:
+        return text + ", ".join(f"{c} {n}" for c, n in zip(map(str, classes), counts.tolist()))
+    (fewest, a), (most, b) = per_class[0], per_class[-1]
+    return text + f"from {fewest} ({a}) to {most} ({b}) per class"
+
+
 def image_folder(root: str) -> torchvision.datasets.ImageFolder:
-    """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for empty classes."""
+    """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for link loops and empty classes."""
     require_dir(root, "image folder")
+    check_link_loops(root)
     skipped: List[str] = []
 
     def is_image(path: str) -> bool:

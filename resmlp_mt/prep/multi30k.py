@@ -16,8 +16,8 @@ import os
 
 from tqdm import tqdm
 
-from .common import (SPLITS, DataPrepError, add_common_args, atomic_writers, claim_out_dir, download, iter_parallel,
-                     run_cli, stamp, step, subword_and_binarize)
+from .common import (SPLITS, DataPrepError, Pipeline, add_common_args, atomic_writers, claim_out_dir, download,
+                     iter_parallel, run_cli, run_settings, subword_and_binarize)
 
 RAW_NAMES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 DOWNLOAD_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"
@@ -86,10 +86,11 @@ def prepare(args):
 
     outputs = [os.path.join(args.out, "raw", f"{split}.{lang}") for split in SPLITS for lang in (src, tgt)]
     outputs += [os.path.join(args.out, f"test.raw.{lang}") for lang in (src, tgt)]
-    params = stamp(args.out, "raw", {"pair": args.pair, "inputs": sorted(map(os.path.abspath, inputs.values()))})
-    step("read and validate raw text", outputs, [*inputs.values(), params],
-         lambda: write_splits(inputs, args.out, src, tgt))
-    subword_and_binarize(args, src, tgt)
+    pipeline = Pipeline(args.out, run_settings(args, "--vocab-size"), args.force)
+    legacy = ("raw", {"pair": args.pair, "inputs": sorted(map(os.path.abspath, inputs.values()))})
+    pipeline.step("read and validate raw text", outputs, list(inputs.values()),
+                  lambda: write_splits(inputs, args.out, src, tgt), settings={"--pair": args.pair}, legacy=legacy)
+    subword_and_binarize(args, src, tgt, pipeline)
 
 
 def main(argv=None):

@@ -24,8 +24,8 @@ import tarfile
 from sacremoses import MosesPunctNormalizer
 from tqdm import tqdm
 
-from .common import (DataPrepError, add_common_args, atomic_path, atomic_writers, chunks, claim_out_dir, download,
-                     iter_lines, iter_parallel, run_cli, stamp, step, subword_and_binarize)
+from .common import (DataPrepError, Pipeline, add_common_args, atomic_path, atomic_writers, chunks, claim_out_dir,
+                     download, iter_lines, iter_parallel, run_cli, run_settings, subword_and_binarize)
 
 STATMT = "https://statmt.org/"
 ARCHIVE_URLS = {
@@ -217,21 +217,23 @@ def prepare(args):
     claim_out_dir(out)
     members, train = corpus_members(args.pair)
     archives = locate_archives(args, members)
-    params = stamp(out, "archives", {"pair": args.pair, "archives": sorted(map(os.path.abspath, archives.values()))})
+    pipeline = Pipeline(out, run_settings(args, "--bpe-size"), args.force)
+    legacy = ("archives", {"pair": args.pair, "archives": sorted(map(os.path.abspath, archives.values()))})
     for name, path in archives.items():
-        step(f"extract {name}", [os.path.join(orig, m) for m in members[name]], [path, params],
-             functools.partial(extract, path, members[name], orig))
+        pipeline.step(f"extract {name}", [os.path.join(orig, m) for m in members[name]], [path],
+                      functools.partial(extract, path, members[name], orig), legacy=legacy)
 
     os.makedirs(os.path.join(out, "raw"), exist_ok=True)
     corpora = [(os.path.join(orig, s), os.path.join(orig, t)) for s, t in train]
-    step("normalise and clean training corpora", [os.path.join(out, "raw", f"train.{lang}") for lang in (src, tgt)],
-         [p for pair in corpora for p in pair], lambda: write_train(corpora, out, src, tgt, args.workers))
+    pipeline.step("normalise and clean training corpora",
+                  [os.path.join(out, "raw", f"train.{lang}") for lang in (src, tgt)],
+                  [p for pair in corpora for p in pair], lambda: write_train(corpora, out, src, tgt, args.workers))
     dev, test = ([os.path.join(orig, m) for m in members[a]] for a in ("dev.tgz", "test-full.tgz"))
     eval_outputs = [os.path.join(out, "raw", f"{split}.{lang}") for split in ("valid", "test") for lang in (src, tgt)]
     eval_outputs += [os.path.join(out, f"test.raw.{lang}") for lang in (src, tgt)]
-    step("newstest2013 (valid) and newstest2014 (test)", eval_outputs, dev + test,
-         lambda: write_eval_sets(dev, test, out, src, tgt))
-    subword_and_binarize(args, src, tgt)
+    pipeline.step("newstest2013 (valid) and newstest2014 (test)", eval_outputs, dev + test,
+                  lambda: write_eval_sets(dev, test, out, src, tgt))
+    subword_and_binarize(args, src, tgt, pipeline)
 
 
 def main(argv=None):

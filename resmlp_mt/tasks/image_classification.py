@@ -14,6 +14,7 @@ generic default is 0.875).
 Batching, sharding over GPUs and loader workers are fairseq's (``--batch-size``,
 ``--num-workers``).
 """
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -24,7 +25,10 @@ from omegaconf import II
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets.folder import find_classes
 
-from ..image.data import NAMED, ImageDataError, ImageDataset, image_folder, named_dataset, require_dir
+from ..image.data import (NAMED, ImageDataError, ImageDataset, describe_counts, image_folder, named_dataset,
+                          require_dir)
+
+logger = logging.getLogger(__name__)
 
 DATASET_CHOICES = ChoiceEnum(["imagefolder", *NAMED])
 
@@ -83,13 +87,16 @@ class ImageClassificationTask(FairseqTask):
         train = split == "train"
         if cfg.dataset in NAMED:
             source = named_dataset(cfg.dataset, cfg.data, train)
+            where = f"{cfg.dataset} {'train' if train else 'test'} set in {cfg.data}"
         else:
-            source = image_folder(self._split_dir(cfg.data, split))
+            where = self._split_dir(cfg.data, split)
+            source = image_folder(where)
             if source.classes != self.classes:
                 raise ImageDataError(
                     f"{source.root} has {len(source.classes)} classes {source.classes[:10]}, but the task has "
                     f"{self.num_classes} {self.classes[:10]}: every split needs the same class folders"
                 )
+        logger.info(f"{split} ({where}): {describe_counts(source.targets, self.classes)}")
         self.datasets[split] = ImageDataset(source, self.transform(cfg, train), shuffle=train, seed=cfg.seed)
 
     @staticmethod
