@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
+from .target_padding import moved_to_the_left
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
 MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
@@ -235,6 +236,8 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                 f"a target prefix has {prev_output_tokens.size(1)} tokens but the model's causal "
                 f"token-mixing matrices hold --max-target-positions={self.max_target_positions}"
             )
+        prev_output_tokens, restore = moved_to_the_left(prev_output_tokens, self.embed_tokens.padding_idx,
+                                                        incremental=incremental_state is not None)
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
         x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1).contiguous()
@@ -247,7 +250,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                     self.set_beam_size(_beam_size(encoder_out))
         for layer in self.layers:
             x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
-        return self.final_norm(x).transpose(0, 1)
+        return restore(self.final_norm(x).transpose(0, 1))  # back in the columns of left-padded targets
 
     def _cross_attention_cached(self, incremental_state: Optional[IncrementalState]) -> bool:
         """After the first incremental step, cross-attention reads its cached keys and values."""

