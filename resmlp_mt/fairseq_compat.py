@@ -71,6 +71,9 @@ fairseq's own Transformer.
    everything: about one short run in 15 here, and any script that checks the exit
    status fails. At exit we tell live consumers to stop after the batch in hand,
    drain their queues and join them (at most ``PREFETCH_JOIN_TIMEOUT`` seconds).
+
+8. ``usage_errors``: misuse (``--fp16``/``--bf16`` on the CPU, a checkpoint of another
+   task or one that does not fit) ends with one ``error:`` line that says what to do.
 """
 import atexit
 import functools
@@ -93,6 +96,8 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
+
+from . import usage_errors
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -253,6 +258,7 @@ def apply() -> None:
         fairseq_trainer.NanDetector = _ForwardNanDetector
     if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
         FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
+    usage_errors.apply()
     if not _stop_prefetch_threads.resmlp_registered:
         atexit.register(_stop_prefetch_threads)
         _stop_prefetch_threads.resmlp_registered = True

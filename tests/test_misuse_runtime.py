@@ -95,3 +95,75 @@ def test_validation_loss_is_the_same_with_left_padded_targets(trained, tiny_data
         return m
 
     assert loss("--left-pad-target", "--batch-size", "8") == loss("--batch-size", "1")
+
+
+
+
+# ---------------------------------------------------------------------------------------
+# One error: line instead of a traceback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, message", [
+    ("--fp16", "error: --fp16 needs a CUDA GPU and this run has none (--cpu): drop --fp16 to train in fp32 on "
+               "the CPU"),
+    ("--bf16", "error: --bf16 is not supported on the CPU by fairseq's trainer yet (--cpu): drop --bf16 to train "
+               "in fp32 on the CPU"),
+], ids=["fp16", "bf16"])
+def test_half_precision_on_the_cpu_is_refused_in_one_line(tiny_data_bin, tmp_path, flag, message):
+    proc = run_cli("fairseq-train", *train_args(tiny_data_bin, tmp_path / "ckpt", 2, flag), check=False)
+    assert proc.returncode != 0
+    assert last_line(proc.stderr) == message, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def image_checkpoint(image_folder_tree, tmp_path_factory):  # noqa: F811
+    save = tmp_path_factory.mktemp("image")
+    run_cli("fairseq-train", image_folder_tree, "--user-dir", USER_DIR, "--task", "image_classification",
+            "--arch", "resmlp_tiny_28", "--img-size", "16", "--embed-dim", "16", "--depth", "1",
+            "--criterion", "image_cross_entropy", "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1",
+            "--batch-size", "4", "--cpu", "--save-dir", save, "--num-workers", "0")
+    return save / "checkpoint_last.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["fairseq-generate", "fairseq-interactive", "fairseq-validate", "fairseq-train"])
+def test_an_image_checkpoint_in_a_translation_command_says_which_command_to_use(image_checkpoint, tiny_data_bin,
+                                                                                tmp_path, tool):
+    args = {
+        "fairseq-generate": [tiny_data_bin, "--user-dir", USER_DIR, "--path", image_checkpoint, "--cpu"],
+        "fairseq-interactive": [tiny_data_bin, "--user-dir", USER_DIR, "--path", image_checkpoint, "--cpu"],
+        "fairseq-validate": [tiny_data_bin, "--user-dir", USER_DIR, "--task", "translation", "--path",
+                             image_checkpoint, "--max-tokens", "400", "--cpu"],
+        "fairseq-train": train_args(tiny_data_bin, tmp_path / "ckpt", 2, "--restore-file", image_checkpoint),
+    }[tool]
+    proc = subprocess.run([os.path.join(BIN, tool), *map(str, args)], input="", capture_output=True, text=True,
+                          env={**os.environ, **ENV}, timeout=600)
+    assert proc.returncode != 0
+    assert last_line(proc.stderr) == (
+        f"error: {image_checkpoint} was trained with --task image_classification (--arch resmlp_tiny_28), not "
+        f"translation: evaluate it with fairseq-validate IMAGE_DATA --task image_classification --path "
+        f"{image_checkpoint}; translation needs a translation checkpoint"), proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_resuming_with_another_dictionary_ends_with_its_size(trained, tiny_data_bin, tmp_path):
+    """The cause was printed, then fairseq's "please ensure that the architectures match"
+    below it: the line a user reads first named no cause."""
+    other = tmp_path / "other_bin"
+    shutil.copytree(tiny_data_bin, other)
+    for side in ("src", "tgt"):
+        with open(other / f"dict.{side}.txt", "a") as f:
+            f.write("".join(f"extra{i} 1\n" for i in range(8)))
+    trained_size = len(Dictionary.load(os.path.join(tiny_data_bin, "dict.src.txt")))
+    now = len(Dictionary.load(str(other / "dict.src.txt")))
+    save = tmp_path / "ckpt"
+    save.mkdir()
+    shutil.copy(trained, save / "checkpoint_last.pt")
+    proc = run_cli("fairseq-train", *train_args(other, save, 200), check=False)
+    assert proc.returncode != 0
+    assert last_line(proc.stderr) == (
+        f"error: cannot load {save / 'checkpoint_last.pt'}: the checkpoint's source dictionary has {trained_size} "
+        f"entries but {other / 'dict.src.txt'} has {now}: use the data-bin (or the dict.*.txt files) the model was "
+        f"trained with"), proc.stderr[-3000:]

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
+from ..usage_errors import CheckpointMismatchError
 from .target_padding import moved_to_the_left
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
@@ -297,7 +298,7 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         for side, coder, dict_file in (("source", self.encoder, files[0]), ("target", self.decoder, files[1])):
             key = f"{'encoder' if side == 'source' else 'decoder'}.embed_tokens.weight"
             if key in state_dict and state_dict[key].size(0) != coder.embed_tokens.num_embeddings:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's {side} dictionary has {state_dict[key].size(0)} entries but "
                     f"{dict_file} has {coder.embed_tokens.num_embeddings}: use the data-bin (or the "
                     f"dict.*.txt files) the model was trained with"
@@ -305,7 +306,7 @@ class ResMLPModel(FairseqEncoderDecoderModel):
             key = f"{'encoder' if side == 'source' else 'decoder'}.layers.0.token_mixing.weight"
             limit = coder.max_positions()
             if key in state_dict and state_dict[key].size(0) != limit:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's token-mixing matrices hold {state_dict[key].size(0)} {side} positions "
                     f"but --max-{side}-positions is {limit}: the matrix size is fixed at training time, "
                     f"so pass --max-{side}-positions {state_dict[key].size(0)}"
