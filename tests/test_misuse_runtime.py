@@ -97,6 +97,60 @@ def test_validation_loss_is_the_same_with_left_padded_targets(trained, tiny_data
     assert loss("--left-pad-target", "--batch-size", "8") == loss("--batch-size", "1")
 
 
+# ---------------------------------------------------------------------------------------
+# One run per --save-dir; temporary files of their own
+
+
+def test_checkpoint_writes_leave_other_writers_temporary_files_alone(tmp_path):
+    """fairseq saved NAME through NAME.tmp and the plugin copied through DST.tmp: a second
+    writer of the same name truncated the first one's file and renamed it away."""
+    theirs = b"another writer's checkpoint, half-way"
+    for name in ("checkpoint_1_5.pt.tmp", "checkpoint_last.pt.tmp"):
+        (tmp_path / name).write_bytes(theirs)
+    saved, last = tmp_path / "checkpoint_1_5.pt", tmp_path / "checkpoint_last.pt"
+    checkpoint_utils.torch_persistent_save({"model": {"w": torch.ones(2)}}, str(saved))
+    checkpoint_utils.PathManager.copy(str(saved), str(last), overwrite=True)
+    assert torch.equal(torch.load(last, weights_only=False)["model"]["w"], torch.ones(2))
+    for name in ("checkpoint_1_5.pt.tmp", "checkpoint_last.pt.tmp"):
+        assert (tmp_path / name).read_bytes() == theirs
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_1_5.pt", "checkpoint_1_5.pt.tmp", "checkpoint_last.pt",
+                                            "checkpoint_last.pt.tmp"]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_save_dir_is_refused_and_a_killed_run_is_not_in_the_way(tiny_data_bin, tmp_path):
+    save = tmp_path / "ckpt"
+    lock = save / fairseq_compat.LOCK_NAME
+    host = socket.gethostname()
+    env = {**os.environ, **ENV}
+    first = subprocess.Popen([os.path.join(BIN, "fairseq-train"), *train_args(tiny_data_bin, save, 10 ** 6)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (lock.exists() and lock.read_text() == f"PID {first.pid} on {host}\n"):
+            assert first.poll() is None and time.time() < deadline, "the first run did not take the lock"
+            time.sleep(0.1)
+        second = run_cli("fairseq-train", *train_args(tiny_data_bin, save, 5), check=False)
+        assert first.poll() is None  # still training: the second run was refused while it ran
+    finally:
+        first.send_signal(signal.SIGKILL)  # no chance to clean up, as a pre-empted job
+        first.wait()
+    assert second.returncode != 0
+    assert last_line(second.stderr) == (
+        f"error: --save-dir {save} is in use by another training run (PID {first.pid} on {host}; it holds {lock}): "
+        f"two runs in one directory overwrite each other's checkpoints. Wait for that run to end, or give this "
+        f"one another --save-dir"), second.stderr[-3000:]
+
+    # The killed run's lock file is still there, with its PID: a restart proceeds.
+    assert lock.read_text() == f"PID {first.pid} on {host}\n"
+    restart = subprocess.Popen([os.path.join(BIN, "fairseq-train"), *train_args(tiny_data_bin, save, 5)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, _ = restart.communicate(timeout=600)
+    assert restart.returncode == 0, log[-3000:]
+    assert "done training" in log
+    assert lock.read_text() == f"PID {restart.pid} on {host}\n"
+    assert not list(save.glob("*.tmp"))
+
 
 
 # ---------------------------------------------------------------------------------------
