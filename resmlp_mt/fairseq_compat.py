@@ -87,8 +87,9 @@ fairseq's own Transformer.
    forks, which can outlive a killed parent by seconds. Holding it, the run removes the
    temporary files that killed runs left (3).
 
-9. ``usage_errors``: misuse (``--fp16``/``--bf16`` on the CPU, a checkpoint of another
-   task or one that does not fit) ends with one ``error:`` line that says what to do.
+9-10. ``usage_errors`` (one ``error:`` line for misuse: ``--fp16``/``--bf16`` on the
+   CPU, a checkpoint of another task or that does not fit) and ``interactive_lines``
+   (``fairseq-interactive`` reports an over-long line and translates the next ones).
 """
 import atexit
 import contextlib
@@ -121,7 +122,7 @@ from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from . import usage_errors
+from . import interactive_lines, usage_errors
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -392,6 +393,7 @@ def apply() -> None:
     if not getattr(fairseq_trainer.Trainer.__init__, "resmlp_locks_save_dir", False):
         fairseq_trainer.Trainer.__init__ = _locking_save_dir(fairseq_trainer.Trainer.__init__)
     usage_errors.apply()
+    interactive_lines.apply()
     if not _stop_prefetch_threads.resmlp_registered:
         atexit.register(_stop_prefetch_threads)
         _stop_prefetch_threads.resmlp_registered = True

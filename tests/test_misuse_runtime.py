@@ -152,6 +152,25 @@ def test_a_second_run_on_a_save_dir_is_refused_and_a_killed_run_is_not_in_the_wa
     assert not list(save.glob("*.tmp"))
 
 
+# ---------------------------------------------------------------------------------------
+# fairseq-interactive: an over-long line is reported, the others are translated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--skip-invalid-size-inputs-valid-test"], ["--buffer-size", "2"]])
+def test_interactive_reports_a_too_long_line_and_translates_the_next_ones(trained, tiny_data_bin, tmp_path, extra):
+    lines = ["w1 w2 w3", " ".join(["w5"] * 20), "w7 w8", "w9 w10 w11"]  # line 2: 21 tokens with EOS > 16
+    proc = subprocess.run([os.path.join(BIN, "fairseq-interactive"), str(tiny_data_bin), "--user-dir", USER_DIR,
+                           "--path", str(trained), "--beam", "2", "--cpu", *extra],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, env={**os.environ, **ENV},
+                          timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.findall(r"^S-(\d+)\t", proc.stdout, re.M) == ["0", "2", "3"]
+    assert re.findall(r"^H-(\d+)\t", proc.stdout, re.M) == ["0", "2", "3"]
+    assert ("input line 2 (S-1) has 21 tokens with EOS, more than the model's limit of 16 (--max-source-positions): "
+            "it is not translated; going on with the next lines") in out
+
 
 # ---------------------------------------------------------------------------------------
 # One error: line instead of a traceback
