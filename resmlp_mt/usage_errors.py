@@ -155,12 +155,14 @@ def _naming_unfit_checkpoint(load_checkpoint):
             return load_checkpoint(self, filename, *args, **kwargs)
         except Exception as e:
             cause = usage_error_in(e)
-            if cause is not None and filename not in str(cause):
-                raise UsageError(f"cannot load {filename}: {cause}") from e
-            error = cause or wrong_task_error(filename, _task_name(self.task))
-            if error is None:
-                raise
-            raise error from e
+            if cause is None:
+                error = wrong_task_error(filename, _task_name(self.task))
+                if error is None:
+                    raise
+                raise error from e
+            if filename in str(cause):
+                raise  # the one-line hook finds it in the chain
+            raise UsageError(f"cannot load {filename}: {cause}") from e
 
     wrapper.resmlp_names_unfit_checkpoint = True
     return wrapper
