@@ -13,7 +13,6 @@ traceback above it). Any other exception keeps Python's traceback.
 import functools
 import os
 import sys
-import traceback
 from typing import Optional
 
 import torch
