@@ -28,10 +28,12 @@ fairseq's own Transformer.
    destination first: a job killed during that copy (pre-emption, OOM killer, Ctrl-C
    twice) leaves a truncated ``checkpoint_last.pt``, exactly the file the restart
    loads. ``checkpoint_utils`` gets a ``PathManager`` whose ``copy`` writes
-   ``DST.tmp`` in the same directory, fsyncs it and ``os.replace``s it over ``DST``,
-   and whose ``rename`` (fairseq's own atomic write) fsyncs before renaming, so a
-   checkpoint on disk is always a complete old one or a complete new one, also after
-   a power loss. Remote (iopath) paths are left to fairseq.
+   a temporary file in the same directory, fsyncs it and ``os.replace``s it over
+   ``DST``, and whose ``rename`` (fairseq's own atomic write) fsyncs before renaming, so
+   a checkpoint on disk is always a complete old one or a complete new one, also after
+   a power loss. Temporary files are named ``NAME.PID-RANDOM.tmp`` (fairseq's own save
+   used ``NAME.tmp``, shared by any two writers of ``NAME``), and one that an exception
+   interrupts is removed. Remote (iopath) paths are left to fairseq.
 
 4. An unreadable checkpoint names itself. ``torch.load`` on a truncated or corrupt
    file raises "PytorchStreamReader failed reading zip archive", "Ran out of input"
@@ -71,18 +73,44 @@ fairseq's own Transformer.
    everything: about one short run in 15 here, and any script that checks the exit
    status fails. At exit we tell live consumers to stop after the batch in hand,
    drain their queues and join them (at most ``PREFETCH_JOIN_TIMEOUT`` seconds).
+
+8. One training run per ``--save-dir``. Two runs started with the same directory wrote
+   the same checkpoint names: one crashed on a temporary file the other had renamed,
+   the other logged "Saved checkpoint_1_5.pt" over a file holding the first run's
+   weights. When a training run (its rank 0) builds its ``Trainer``, before it loads or
+   saves a checkpoint, it takes an exclusive lock on ``SAVE_DIR/LOCK_NAME``, which
+   records its PID and host, and holds it until the process ends; a second run stops
+   with an error naming the directory and that PID. ``--no-save`` runs write nothing
+   and take no lock. The lock is a POSIX record lock (``fcntl.lockf``): the kernel
+   drops it when the process dies, however it dies, so a killed run never blocks its
+   restart, and unlike ``flock`` it is not shared with the data-loader workers a run
+   forks, which can outlive a killed parent by seconds. Holding it, the run removes the
+   temporary files that killed runs left (3).
+
+9-10. ``usage_errors`` (one ``error:`` line for misuse: ``--fp16``/``--bf16`` on the
+   CPU, a checkpoint of another task or that does not fit) and ``interactive_lines``
+   (``fairseq-interactive`` reports an over-long line and translates the next ones).
 """
 import atexit
+import contextlib
 import functools
 import glob
 import inspect
 import os
 import pickle
 import queue
+import re
+import secrets
 import shutil
+import socket
 import threading
 import time
 import types
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (see shim 8)
+    fcntl = None
 
 import numpy as np
 import torch
@@ -93,6 +121,8 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
+
+from . import interactive_lines, usage_errors
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -153,9 +183,10 @@ class _AtomicPathManager(PathManager):
     def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         if PathManager.path_requires_pathmanager(src_path) or PathManager.path_requires_pathmanager(dst_path):
             return PathManager.copy(src_path, dst_path, overwrite=overwrite)
-        tmp = dst_path + ".tmp"  # same directory, so os.replace cannot cross filesystems
-        shutil.copyfile(src_path, tmp)
-        _AtomicPathManager.rename(tmp, dst_path)
+        tmp = unique_tmp(dst_path)  # same directory, so os.replace cannot cross filesystems
+        with _removed_on_error(tmp):
+            shutil.copyfile(src_path, tmp)
+            _AtomicPathManager.rename(tmp, dst_path)
         return True
 
     @staticmethod
@@ -168,6 +199,110 @@ class _AtomicPathManager(PathManager):
             pass
 
     resmlp_atomic = True
+
+
+TMP_PATTERN = re.compile(r"\.(\d+)-[0-9a-f]+\.tmp$")
+
+
+def unique_tmp(path: str) -> str:
+    """A new, empty ``PATH.PID-RANDOM.tmp``, created here and by no one else."""
+    while True:
+        tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            with open(tmp, "xb"):
+                return tmp
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: str):
+    """An exception (Ctrl-C included) leaves no temporary file; only a kill does (see 8)."""
+    try:
+        yield path
+    except BaseException:
+        if os.path.exists(path):
+            os.remove(path)
+        raise
+
+
+def _unique_tmp_save(torch_persistent_save):
+    """fairseq's checkpoint save, writing a unique temporary file instead of ``NAME.tmp``."""
+
+    @functools.wraps(torch_persistent_save)
+    def wrapper(obj, filename, async_write: bool = False):
+        if (async_write or not isinstance(filename, str) or PathManager.path_requires_pathmanager(filename)
+                or not PathManager.supports_rename(filename)):
+            return torch_persistent_save(obj, filename, async_write=async_write)
+        tmp = unique_tmp(filename)
+        with _removed_on_error(tmp):
+            with open(tmp, "wb") as f:
+                checkpoint_utils._torch_persistent_save(obj, f)  # fairseq's retries
+            _AtomicPathManager.rename(tmp, filename)
+
+    wrapper.resmlp_unique_tmp = True
+    return wrapper
+
+
+class SaveDirInUseError(usage_errors.UsageError):
+    """Another live run holds the lock of this ``--save-dir``."""
+
+
+LOCK_NAME = ".resmlp-train.lock"
+_held_locks = {}  # real path of a save dir -> the open lock file, for the life of the process
+
+
+def lock_save_dir(save_dir: str) -> None:
+    """Take SAVE_DIR's lock for the rest of this process, or raise ``SaveDirInUseError``."""
+    if fcntl is None or PathManager.path_requires_pathmanager(save_dir):
+        return
+    key = os.path.realpath(save_dir)
+    if key in _held_locks:
+        return
+    os.makedirs(save_dir, exist_ok=True)
+    path = os.path.join(save_dir, LOCK_NAME)
+    f = open(path, "a+")
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "PID not written yet"
+        f.close()  # our own descriptor: closing it releases no lock of ours
+        raise SaveDirInUseError(
+            f"--save-dir {save_dir} is in use by another training run ({holder}; it holds {path}): two runs "
+            f"in one directory overwrite each other's checkpoints. Wait for that run to end, or give this "
+            f"one another --save-dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _held_locks[key] = f
+    for name in os.listdir(save_dir):  # left by killed runs: no other run writes here now
+        m = TMP_PATTERN.search(name)
+        if m and int(m.group(1)) != os.getpid():
+            try:
+                os.remove(os.path.join(save_dir, name))
+            except OSError:
+                pass
+
+
+def _locking_save_dir(trainer_init):
+    """The trainer of ``fairseq-train``'s rank 0 takes the lock, unless it saves nothing."""
+
+    @functools.wraps(trainer_init)
+    def wrapper(self, cfg, *args, **kwargs):
+        if distributed_utils.is_master(cfg.distributed_training) and not cfg.checkpoint.no_save:
+            try:
+                lock_save_dir(cfg.checkpoint.save_dir)
+            except SaveDirInUseError:
+                raise
+            except OSError:  # not writable, or not a local path: fairseq's own code says so
+                pass
+        trainer_init(self, cfg, *args, **kwargs)
+
+    wrapper.resmlp_locks_save_dir = True
+    return wrapper
 
 
 class _ForwardNanDetector(NanDetector):
@@ -253,6 +388,12 @@ def apply() -> None:
         fairseq_trainer.NanDetector = _ForwardNanDetector
     if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
         FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
+    if not getattr(checkpoint_utils.torch_persistent_save, "resmlp_unique_tmp", False):
+        checkpoint_utils.torch_persistent_save = _unique_tmp_save(checkpoint_utils.torch_persistent_save)
+    if not getattr(fairseq_trainer.Trainer.__init__, "resmlp_locks_save_dir", False):
+        fairseq_trainer.Trainer.__init__ = _locking_save_dir(fairseq_trainer.Trainer.__init__)
+    usage_errors.apply()
+    interactive_lines.apply()
     if not _stop_prefetch_threads.resmlp_registered:
         atexit.register(_stop_prefetch_threads)
         _stop_prefetch_threads.resmlp_registered = True

@@ -61,7 +61,7 @@ def train_args(data, save_dir, max_update=UPDATES, *extra):
 
 HOOKS = r'''
 """Test-only wrapper: python HOOKS.py train|generate ARGS... (see test_reliability.py)."""
-import io, os, shutil, sys, time
+import io, os, re, shutil, sys, time
 
 tool = sys.argv.pop(1)
 if tool == "train":  # first, so that fairseq_cli sets up logging as the console tool does
@@ -74,6 +74,10 @@ STALL = os.environ.get("RESMLP_STALL", "")  # "save:NAME" or "copy:SRC:DST", che
 MARKER = os.environ.get("RESMLP_STALL_MARKER")
 SLOW = float(os.environ.get("RESMLP_SLOW_WRITES", "0"))  # pause half-way through every write
 COUNT = os.environ.get("RESMLP_COUNT_BLEU")  # file: one line of sample ids per --eval-bleu batch
+
+
+def target(path):  # the checkpoint a temporary file is for: NAME.tmp (fairseq), NAME.PID-RANDOM.tmp (plugin)
+    return re.sub(r"(\.\d+-[0-9a-f]+)?\.tmp$", "", os.path.basename(str(path)))
 
 
 def write_in_halves(data, f, stall):
@@ -95,9 +99,8 @@ def copyfile(src, dst, *args, **kwargs):  # fairseq's copies, and the plugin's
         return _copyfile(src, dst, *args, **kwargs)
     with open(src, "rb") as f:
         data = f.read()
-    target = os.path.basename(str(dst)).replace(".tmp", "")
     with open(dst, "wb") as f:
-        write_in_halves(data, f, STALL == f"copy:{os.path.basename(str(src))}:{target}")
+        write_in_halves(data, f, STALL == f"copy:{os.path.basename(str(src))}:{target(dst)}")
     return dst
 
 
@@ -110,7 +113,7 @@ def save(obj, f, *args, **kwargs):  # fairseq's torch_persistent_save writes NAM
         return _save(obj, f, *args, **kwargs)
     buf = io.BytesIO()
     _save(obj, buf, *args, **kwargs)
-    write_in_halves(buf.getvalue(), f, STALL == "save:" + os.path.basename(name).replace(".tmp", ""))
+    write_in_halves(buf.getvalue(), f, STALL == "save:" + target(name))
 
 
 shutil.copyfile = copyfile
@@ -260,9 +263,9 @@ def test_kills_mid_write_and_at_random_then_resume_exactly(tiny_data_bin, refere
     """One training command, SIGKILLed four times and restarted unchanged each time.
 
     A checkpoint every update. Kill 1 lands half-way through torch.save of
-    checkpoint_1_4.pt (fairseq writes NAME.tmp, then renames); kill 2 half-way through
-    copying checkpoint_2_10.pt to checkpoint_last.pt (stock fairseq truncates
-    checkpoint_last.pt there; the plugin copies to checkpoint_last.pt.tmp and renames);
+    checkpoint_1_4.pt (written to a temporary file, then renamed); kill 2 half-way
+    through copying checkpoint_2_10.pt to checkpoint_last.pt (stock fairseq truncates
+    checkpoint_last.pt there; the plugin copies to NAME.PID-RANDOM.tmp and renames);
     kills 3 and 4 at random moments while every write is slowed to >= 0.15 s, so that
     writes are most of the run. After each kill every *.pt must load and the restart
     must resume from checkpoint_last.pt; the run that completes must end where the
@@ -299,11 +302,12 @@ def test_kills_mid_write_and_at_random_then_resume_exactly(tiny_data_bin, refere
     marker = tmp_path / "stalled"
     stall = {"RESMLP_STALL_MARKER": str(marker)}
     attempt(0, {**stall, "RESMLP_STALL": "save:checkpoint_1_4.pt"}, at_marker)
-    assert (save / "checkpoint_1_4.pt.tmp").stat().st_size > 0 and not (save / "checkpoint_1_4.pt").exists()
+    (half,) = save.glob("checkpoint_1_4.pt.*.tmp")  # the plugin's temporary files have unique names
+    assert half.stat().st_size > 0 and not (save / "checkpoint_1_4.pt").exists()
     assert num_updates(last) == 3
 
     attempt(1, {**stall, "RESMLP_STALL": "copy:checkpoint_2_10.pt:checkpoint_last.pt"}, at_marker)
-    half = save / "checkpoint_last.pt.tmp"
+    (half,) = save.glob("checkpoint_last.pt.*.tmp")  # the restart removed the one of kill 1
     assert 0 < half.stat().st_size < (save / "checkpoint_2_10.pt").stat().st_size  # the kill hit the copy
     assert num_updates(last) == 9  # the previous checkpoint_last.pt, whole
 
@@ -319,7 +323,7 @@ def test_kills_mid_write_and_at_random_then_resume_exactly(tiny_data_bin, refere
     logs.append(final)
     assert loaded_checkpoint(final) == (str(last), kills[-1][1])
     assert f"num_updates: {UPDATES} >= max_update: {UPDATES}" in final or kills[-1][3]
-    assert not list(save.glob("*.tmp"))  # later writes replaced every half-written file
+    assert not list(save.glob("*.tmp"))  # each restart removed the half-written files of the killed run
     diff = max_abs_diff(load(last)["model"], load(reference.last)["model"])
     print(f"max |resumed - uninterrupted| over all parameters: {diff:.3g}")
     assert diff <= 1e-6
@@ -395,7 +399,9 @@ def test_fairseq_checkpoint_writes_go_through_fsync_and_replace(tmp_path, monkey
 def test_apply_is_idempotent():
     def state():
         return (checkpoint_utils.PathManager, fairseq_trainer.NanDetector, checkpoint_utils.torch,
-                FairseqTask.get_batch_iterator, atexit._ncallbacks())
+                FairseqTask.get_batch_iterator, atexit._ncallbacks(), checkpoint_utils.torch_persistent_save,
+                checkpoint_utils.load_model_ensemble_and_task, fairseq_trainer.Trainer.__init__,
+                fairseq_trainer.Trainer.load_checkpoint, sys.excepthook)
 
     before = state()
     fairseq_compat.apply()
@@ -547,10 +553,10 @@ def test_resuming_with_larger_max_source_positions_names_both(reference, tiny_da
     proc = run_cli("fairseq-train", *train_args(tiny_data_bin, save, UPDATES + 2, "--max-source-positions", 32),
                    check=False)
     assert proc.returncode != 0
-    error = proc.stderr
-    assert f"Cannot load model parameters from checkpoint {save / 'checkpoint_last.pt'}" in error
-    cause = next((line for line in error.splitlines() if "max-source-positions" in line and "Error" in line), "")
-    assert "16" in cause and "32" in cause, error[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]  # one line, not fairseq's "ensure the architectures match"
+    assert last == (f"error: cannot load {save / 'checkpoint_last.pt'}: the checkpoint's token-mixing matrices "
+                    f"hold 16 source positions but --max-source-positions is 32: the matrix size is fixed at "
+                    f"training time, so pass --max-source-positions 16"), proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -40,6 +40,8 @@ from torch import Tensor, nn
 
 from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
+from ..usage_errors import CheckpointMismatchError
+from .target_padding import moved_to_the_left
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
 MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
@@ -265,6 +267,8 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         **kwargs,
     ):
         check_length(prev_output_tokens.size(1), self.max_target_positions, "target", self.relative)
+        prev_output_tokens, restore = moved_to_the_left(prev_output_tokens, self.embed_tokens.padding_idx,
+                                                        incremental=incremental_state is not None)
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
         x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1).contiguous()
@@ -277,7 +281,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                     self.set_beam_size(_beam_size(encoder_out))
         for layer in self.layers:
             x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
-        return self.final_norm(x).transpose(0, 1)
+        return restore(self.final_norm(x).transpose(0, 1))  # back in the columns of left-padded targets
 
     def _cross_attention_cached(self, incremental_state: Optional[IncrementalState]) -> bool:
         """After the first incremental step, cross-attention reads its cached keys and values."""
@@ -324,7 +328,7 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         for side, coder, dict_file in (("source", self.encoder, files[0]), ("target", self.decoder, files[1])):
             key = f"{'encoder' if side == 'source' else 'decoder'}.embed_tokens.weight"
             if key in state_dict and state_dict[key].size(0) != coder.embed_tokens.num_embeddings:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's {side} dictionary has {state_dict[key].size(0)} entries but "
                     f"{dict_file} has {coder.embed_tokens.num_embeddings}: use the data-bin (or the "
                     f"dict.*.txt files) the model was trained with"
@@ -334,18 +338,18 @@ class ResMLPModel(FairseqEncoderDecoderModel):
             ours = dict(coder.named_parameters()).get("layers.0.token_mixing.weight")
             if key in state_dict and ours is not None and state_dict[key].dim() != ours.dim():
                 modes = ("relative", "absolute") if state_dict[key].dim() == 1 else ("absolute", "relative")
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's {side} token mixing is {modes[0]} but the model being built is "
                     f"{modes[1]}: drop --token-mixing to use the checkpoint's own setting"
                 )
             if key in state_dict and ours is not None and ours.dim() == 1 and state_dict[key].shape != ours.shape:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's {side} token mixing has {state_dict[key].numel()} offset weights but "
                     f"--mixing-window {coder.layers[0].token_mixing.window} gives {ours.numel()}: "
                     f"drop --mixing-window to use the checkpoint's own setting"
                 )
             if key in state_dict and state_dict[key].dim() == 2 and state_dict[key].size(0) != limit:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the checkpoint's token-mixing matrices hold {state_dict[key].size(0)} {side} positions "
                     f"but --max-{side}-positions is {limit}: the matrix size is fixed at training time, "
                     f"so pass --max-{side}-positions {state_dict[key].size(0)}"
