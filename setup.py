@@ -24,6 +24,8 @@ setup(
         "sacremoses",
         "matplotlib",
         "safetensors",
+        "tensorboard",
+        "tensorboardX",
     ],
     entry_points={
         "console_scripts": [
