@@ -97,6 +97,14 @@ def test_series_are_the_logged_scalars_at_their_event_times(tmp_path):
     assert plot_curves.read_series(str(run), subset="train_inner").values == [7.0, 6.0, 5.0]
 
 
+def test_an_earlier_runs_logs_moved_aside_are_not_read(tmp_path):
+    run = write_run(tmp_path / "resmlp_small", 1.7e9, [5.5, 4.25, 3.75])
+    (run / "tensorboard").rename(run / "tensorboard.20261124-101500")  # as train_eval.sh does
+    write_run(run, 1.8e9, [6.0, 5.0])
+    series = plot_curves.read_series(str(run))
+    assert series.values == [6.0, 5.0] and series.minutes == pytest.approx([0.75, 2.25])
+
+
 def test_plot_curves_command(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs / "resmlp_small", 1.7e9, [5.5, 4.25, 3.75], BLEU_TXT)

@@ -45,6 +45,8 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
     assert re.search(r"^BLEU = [\d.]+ ", out, re.M), out[-2000:]
     assert re.search(r"signature: nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:", out)
     assert out.count("\nHYP  ") == 5 and out.count("\nREF  ") == 5
+    # TensorBoard logs: the epoch's and the validation's (4 updates: no --log-interval 25 line)
+    assert sorted(os.listdir(tmp_path / "demo/resmlp_small/tensorboard")) == ["train", "valid"]
 
 
 @pytest.mark.slow
@@ -59,6 +61,7 @@ def test_compare_transformer_prints_its_table(multi30k_like, tmp_path):
     # pre-norm adds a final LayerNorm (weight and bias, d 256) to the encoder and to the decoder
     assert params["transformer_prenorm"] == params["transformer"] + 2 * 2 * 256
     assert params["transformer"] > params["resmlp_small"]
+    assert (tmp_path / "compare/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):

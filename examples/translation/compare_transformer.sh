@@ -66,3 +66,5 @@ for name in names:
     gen = re.search(r"\(([\d.]+) sentences/s", open(f"{work}/{name}/generate-test.log").read()).group(1)
     print(f"{name:<20} {bleu:>6} {wps:>12.0f} {updates:>8} {float(gen):>11.1f} {params:>12,}")
 PY
+# validation loss against minutes and against updates, one line per model, test2016 BLEU in the legend
+resmlp-plot-curves "${models[@]/#/$WORK/}" --output "$WORK/comparison.png" --title "Multi30k $PAIR"

@@ -10,9 +10,10 @@ its ``bleu.txt`` (``resmlp-score``'s output, as ``train_eval.sh`` writes it) has
 
     resmlp-plot-curves runs/compare-en-de/resmlp_small runs/compare-en-de/transformer --output cmp.png
 
-A RUN_DIR is a directory that holds fairseq's ``--tensorboard-logdir`` (``train_inner/``,
-``valid/``, ... with event files), at any depth; directories without event files (a
-``data/`` matched by a glob) are skipped with a note.
+A RUN_DIR holds one run's ``--tensorboard-logdir`` (``train_inner/``, ``valid/``, ... with
+event files): as ``RUN_DIR/tensorboard`` (``train_eval.sh``'s layout, which moves an earlier
+run's logs aside to ``tensorboard.DATE``), else anywhere below. Directories without event
+files (a ``data/`` matched by a glob) are skipped with a note.
 """
 import argparse
 import glob
@@ -46,6 +47,8 @@ def log_dirs(run_dir: str) -> Dict[str, str]:
     """``{subset: directory}`` of the TensorBoard event files under ``run_dir`` (fairseq writes one
     directory per subset: ``train_inner``, ``train``, ``valid``...)."""
     found: Dict[str, List[str]] = {}
+    if os.path.isdir(os.path.join(run_dir, "tensorboard")):
+        run_dir = os.path.join(run_dir, "tensorboard")
     for event_file in glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True):
         directory = os.path.dirname(event_file)
         subset = os.path.basename(directory)
