@@ -24,6 +24,8 @@ setup(
         "sacremoses",
         "matplotlib",
         "safetensors",
+        "tensorboard",
+        "tensorboardX",
     ],
     entry_points={
         "console_scripts": [
@@ -35,6 +37,7 @@ setup(
             "resmlp-convert=resmlp_mt.convert:main",
             "resmlp-show-mixing=resmlp_mt.visualize:main",
             "resmlp-export-safe=resmlp_mt.safe_load:main",
+            "resmlp-plot-curves=resmlp_mt.cli.plot_curves:main",
         ]
     },
 )

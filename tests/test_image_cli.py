@@ -3,6 +3,7 @@ import os
 import re
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from helpers import USER_DIR, run_cli
 from test_image_data import image_folder_tree  # noqa: F401  (a fixture)
@@ -31,7 +32,7 @@ def train(data, save_dir, *extra):
 @pytest.fixture(scope="module")
 def trained(image_folder_tree, tmp_path_factory):  # noqa: F811
     save_dir = str(tmp_path_factory.mktemp("ckpt"))
-    out = train(image_folder_tree, save_dir)
+    out = train(image_folder_tree, save_dir, "--tensorboard-logdir", os.path.join(save_dir, "tensorboard"))
     return save_dir, out.stdout + out.stderr
 
 
@@ -49,6 +50,22 @@ def test_train_saves_and_validates_every_image(trained, image_folder_tree):  # n
                   out.stdout + out.stderr)
     assert m, (out.stdout + out.stderr)[-3000:]
     assert int(m.group(1)) == 13 and 0 <= float(m.group(2)) <= 100 and float(m.group(3)) == 100
+
+
+def test_tensorboard_logs_loss_and_top1(trained):
+    save_dir, log = trained
+    acc = EventAccumulator(os.path.join(save_dir, "tensorboard", "valid"), size_guidance={SCALARS: 0})
+    acc.Reload()
+    logged = {tag: [(e.step, round(e.value, 3)) for e in acc.Scalars(tag)] for tag in ("loss", "accuracy", "top5")}
+    printed = re.findall(r"valid on 'valid' subset \| loss ([\d.]+) \| nsentences 13 \| accuracy ([\d.]+) "
+                         r"\| top5 ([\d.]+) .*\| num_updates (\d+)", log)
+    assert len(printed) == 2, log[-3000:]
+    for i, tag in enumerate(("loss", "accuracy", "top5")):
+        assert logged[tag] == [(int(p[3]), float(p[i])) for p in printed]
+    assert [e.step for e in acc.Scalars("loss")] == [5, 10]  # the end of each epoch
+    train_inner = EventAccumulator(os.path.join(save_dir, "tensorboard", "train_inner"), size_guidance={SCALARS: 0})
+    train_inner.Reload()
+    assert [e.step for e in train_inner.Scalars("loss")] == list(range(1, 11))  # --log-interval 1
 
 
 def test_same_seed_same_loss_curve_with_any_number_of_workers(trained, image_folder_tree, tmp_path):  # noqa: F811

@@ -45,6 +45,8 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
     assert re.search(r"^BLEU = [\d.]+ ", out, re.M), out[-2000:]
     assert re.search(r"signature: nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:", out)
     assert out.count("\nHYP  ") == 5 and out.count("\nREF  ") == 5
+    # TensorBoard logs: the epoch's and the validation's (4 updates: no --log-interval 25 line)
+    assert sorted(os.listdir(tmp_path / "demo/resmlp_small/tensorboard")) == ["train", "valid"]
 
 
 @pytest.mark.slow
@@ -64,6 +66,7 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     assert [r[0] for r in long_rows] == ["resmlp_relative", "transformer"], out
     for _, parts, whole, drop in long_rows:
         assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
+    assert (tmp_path / "compare/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_long_inputs_join_consecutive_lines():

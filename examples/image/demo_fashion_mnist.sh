@@ -7,7 +7,7 @@
 #                       dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist)
 #   EPOCHS=10           epochs; the cosine schedule spans all of them
 #   MINUTES=17          training wall-clock cap, in minutes
-#   WORK=runs/demo-image  where checkpoints, logs and pictures go
+#   WORK=runs/demo-image  where checkpoints, logs (TensorBoard's in tensorboard/) and pictures go
 #   THREADS=2           torch threads
 set -euo pipefail
 DATA=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
@@ -31,7 +31,7 @@ fairseq-train "$DATA" --user-dir "$USER_DIR" --task image_classification --datas
     --criterion image_cross_entropy --optimizer lamb --lr 1.5e-2 --weight-decay 0.05 \
     --lr-scheduler cosine --warmup-updates 50 --max-update $((EPOCHS * 469)) --max-epoch "$EPOCHS" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
-    --batch-size 128 --num-workers 1 --valid-subset test \
+    --batch-size 128 --num-workers 1 --valid-subset test --tensorboard-logdir "$WORK/tensorboard" \
     --save-dir "$WORK/checkpoints" --no-epoch-checkpoints --seed 1 --cpu \
     --log-format simple --log-interval 100 2>&1 | tee "$WORK/train.log" \
     | grep --line-buffered -E "train_inner|valid on|done training|Error|error"

@@ -65,6 +65,10 @@ else
 fi
 
 python "$here/compare_table.py" "$WORK" --models $MODELS --seeds $SEEDS
+# validation loss against minutes and against updates, one line per run, test2016 BLEU in the legend
+runs_dirs=()
+for seed in $SEEDS; do for model in $MODELS; do runs_dirs+=("$WORK/$model-s$seed"); done; done
+resmlp-plot-curves "${runs_dirs[@]}" --output "$WORK/comparison.png" --title "Multi30k $PAIR"
 
 if [ "${LONG:-1}" = 1 ]; then
     first_seed=${SEEDS%% *}

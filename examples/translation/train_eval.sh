@@ -5,10 +5,11 @@
 #   train_eval.sh DATA OUT MODEL_ARGS...
 #
 # DATA is resmlp-prep-multi30k's output (data-bin/, test.raw.*); OUT receives train.log,
-# checkpoints/, generate-test.txt and bleu.txt. Settings (environment): PAIR, MINUTES,
-# MAX_UPDATE (0: no limit), LR, WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; AVERAGE=N (default 0)
-# saves a checkpoint every SAVE_EVERY (default 100) updates and translates with the
-# average of the last N-1 of them and the final one (resmlp-average-checkpoints).
+# checkpoints/, tensorboard/ (--tensorboard-logdir), generate-test.txt, bleu.txt and model.txt
+# (the checkpoint scored). Settings (environment): PAIR, MINUTES, MAX_UPDATE (0: no limit), LR,
+# WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; AVERAGE=N (default 0) saves a checkpoint
+# every SAVE_EVERY (default 100) updates and translates with the average of the last N-1 of
+# them and the final one (resmlp-average-checkpoints).
 set -euo pipefail
 DATA=$1 OUT=$2
 shift 2
@@ -22,6 +23,11 @@ if [ -e "$OUT/checkpoints/checkpoint_last.pt" ]; then
     old="$OUT/checkpoints.$(date +%Y%m%d-%H%M%S)"
     echo "== $OUT/checkpoints holds an earlier run: moved to $old"
     mv "$OUT/checkpoints" "$old"
+fi
+if [ -d "$OUT/tensorboard" ]; then  # so that this run's curves start on their own
+    old="$OUT/tensorboard.$(date +%Y%m%d-%H%M%S)"
+    echo "== $OUT/tensorboard holds an earlier run's logs: moved to $old"
+    mv "$OUT/tensorboard" "$old"
 fi
 
 AVERAGE=${AVERAGE:-0}
@@ -37,7 +43,7 @@ fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens "${MAX_TOKENS:-4096}" --max-update "${MAX_UPDATE:-0}" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
-    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed "${SEED:-1}" --cpu \
+    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed "${SEED:-1}" --cpu --tensorboard-logdir "$OUT/tensorboard" \
     --log-format simple --log-interval 25 2>&1 | tee "$OUT/train.log" \
     | grep --line-buffered -E "train_inner|valid on|done training|Error|error"
 echo "   trained in $(( $(date +%s) - start )) s"
