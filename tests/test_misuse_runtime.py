@@ -77,9 +77,13 @@ def test_left_padded_decoder_inputs_give_the_outputs_of_unpadded_ones():
         alone = [model(src[i:i + 1], torch.tensor([6]), p[None])[0][0] for i, p in enumerate(prefixes)]
         out_right = model(src, torch.full((3,), 6), right)[0]
         out_left = model(src, torch.full((3,), 6), left)[0]
+        mixed = torch.stack([right[0], left[1], right[2]])  # a left-padded row among right-padded ones
+        out_mixed = model(src, torch.full((3,), 6), mixed)[0]
     for i, n in enumerate(lengths):
         torch.testing.assert_close(out_right[i, :n], alone[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out_left[i, width - n:], alone[i], rtol=1e-5, atol=1e-5)
+        columns = slice(width - n, None) if i == 1 else slice(None, n)
+        torch.testing.assert_close(out_mixed[i, columns], alone[i], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ def moved_to_the_left(tokens: Tensor, pad: int, incremental: bool = False) -> Tu
     first_is_pad = tokens[:, :1].eq(pad) if tokens.numel() else None
     if incremental or first_is_pad is None or not first_is_pad.any():
         return tokens, _unchanged
-    pads = tokens.eq(pad).sum(dim=1, keepdim=True)  # every pad of a left-padded row leads it
+    # every pad of a left-padded row leads it; a row that starts with a token stays as it is
+    pads = tokens.eq(pad).sum(dim=1, keepdim=True) * first_is_pad
     columns = torch.arange(tokens.size(1), device=tokens.device).expand_as(tokens)
     length = tokens.size(1)
     moved = tokens.gather(1, torch.remainder(columns + pads, length))
