@@ -26,9 +26,15 @@ def train_args(data, save_dir, max_update, *extra):
             "--save-dir", save_dir, "--log-format", "simple", "--log-interval", "1", *extra]
 
 
-def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path):
+# Relative token mixing: a window shorter than most sentences, and limits that are only caps.
+RELATIVE = ["--token-mixing", "relative", "--mixing-window", "2",
+            "--max-source-positions", "1024", "--max-target-positions", "1024"]
+
+
+@pytest.mark.parametrize("mode", [[], RELATIVE], ids=["absolute", "relative"])
+def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     save = str(tmp_path / "ckpt")
-    args = train_args(tiny_data_bin, save, 200, "--save-interval-updates", "4", "--no-epoch-checkpoints")
+    args = train_args(tiny_data_bin, save, 200, "--save-interval-updates", "4", "--no-epoch-checkpoints", *mode)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([os.path.join(BIN, "fairseq-train"), *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
