@@ -176,6 +176,23 @@ def test_interactive_reports_a_too_long_line_and_translates_the_next_ones(traine
             "it is not translated; going on with the next lines") in out
 
 
+@pytest.mark.slow
+def test_interactive_translates_a_long_line_with_relative_token_mixing(tiny_data_bin, tmp_path):
+    """Relative token mixing has no length limit of its own: the line the absolute model
+    above must refuse (21 tokens, more than any training sentence) is translated."""
+    save = tmp_path / "relative"
+    run_cli("fairseq-train", *train_args(tiny_data_bin, save, 60, "--token-mixing", "relative", "--mixing-window", "2",
+                                         "--max-source-positions", "1024", "--max-target-positions", "1024"))
+    lines = ["w1 w2 w3", " ".join(["w5"] * 20), "w7 w8"]
+    proc = subprocess.run([os.path.join(BIN, "fairseq-interactive"), str(tiny_data_bin), "--user-dir", USER_DIR,
+                           "--path", str(save / "checkpoint_last.pt"), "--beam", "2", "--cpu"],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, env={**os.environ, **ENV},
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert re.findall(r"^H-(\d+)\t", proc.stdout, re.M) == ["0", "1", "2"]
+    assert "is not translated" not in proc.stdout + proc.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # One error: line instead of a traceback
 
