@@ -15,7 +15,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["resmlp_mt", "resmlp_mt.*"]),
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",  # torch.is_autocast_enabled(device_type)
+        "torchvision",  # the image task's datasets and ImageFolder helpers
         "timm>=1.0",
         "sentencepiece",
         "sacrebleu>=2.0",
