@@ -13,7 +13,7 @@ THREADS ?= 2
 export OMP_NUM_THREADS ?= $(THREADS)
 export MKL_NUM_THREADS ?= $(THREADS)
 
-.PHONY: install test test-fast demo demo-image fashion-mnist clean
+.PHONY: install lint test test-fast demo demo-image fashion-mnist clean
 
 install: $(STAMP)
 
@@ -45,7 +45,11 @@ demo: $(STAMP)
 demo-image: $(STAMP) fashion-mnist
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/image/demo_fashion_mnist.sh
 
-test: $(STAMP) fashion-mnist
+# ruff.toml: pyflakes, pycodestyle (lines up to 120 characters) and import order.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) fashion-mnist lint
 	$(PY) -m pytest -q -rs tests
 
 test-fast: $(STAMP)

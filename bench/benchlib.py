@@ -140,13 +140,18 @@ def fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def report(tables: List[Tuple[str, List[str], List[list]]], ratios: List[str], env: dict, out: str = None, **extra) -> None:
+def report(
+    tables: List[Tuple[str, List[str], List[list]]], ratios: List[str], env: dict, out: str = None, **extra
+) -> None:
     """Print each (title, columns, rows) table, the ratio lines, and the machine and versions
     lines; optionally write everything as JSON to ``out``."""
     for title, columns, rows in tables:
         cells = [[fmt(c) for c in r] for r in rows]
         widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
-        line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+        def line(values):
+            return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
         print(f"== {title}")
         print(line(columns))
         print(line(["-" * w for w in widths]))
@@ -165,7 +170,9 @@ def report(tables: List[Tuple[str, List[str], List[list]]], ratios: List[str], e
 
 def ratio_line(what: str, value, target: str, better_high: bool = True) -> str:
     """``value``: a number, or a ``paired_speedup`` (median, q1, q3) whose quartiles are shown."""
-    median_value, spread = (value[0], f", quartiles {value[1]:.2f}-{value[2]:.2f}") if isinstance(value, tuple) else (value, "")
+    median_value, spread = (
+        (value[0], f", quartiles {value[1]:.2f}-{value[2]:.2f}") if isinstance(value, tuple) else (value, "")
+    )
     met = median_value >= float(target) if better_high else median_value <= float(target)
     return (f"ratio {what}: {median_value:.2f}x{spread} "
             f"(target {'>=' if better_high else '<='} {target}x: {'met' if met else 'NOT met'})")

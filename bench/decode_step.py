@@ -11,9 +11,9 @@ cached prefix (a + b*t), and so does the Transformer's self-attention.
     python bench/decode_step.py                       # demo size, t = 10, 100, 500
 """
 import torch
+from mt_generate import beam_decoding, step_medians
 
 from benchlib import environment, parser, report, setup
-from mt_generate import beam_decoding, step_medians
 from mtlib import build
 
 TARGET = 0.10  # relative: the step at the largest t within 10% of the step at the smallest
@@ -56,7 +56,8 @@ def main() -> None:
                       f"{steps[name][prefixes[-1]] / steps['resmlp relative'][prefixes[-1]]:.2f}x")
     report([(f"Decoding step, beam 4 x {args.batch_size} sentences ({hyps} hypotheses), {size} size, "
              f"with the reorder of every cache", ["decoder", *(f"t={t} ms" for t in prefixes), "last/first"], rows)],
-           ratios, environment(args.threads), args.out, raw={n: {str(t): s for t, s in v.items()} for n, v in steps.items()})
+           ratios, environment(args.threads), args.out,
+           raw={n: {str(t): s for t, s in v.items()} for n, v in steps.items()})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ data-bin's test split, timed by its own "Translated N sentences in S s" line (st
 excluded), the models alternating run by run; without, fairseq's SequenceGenerator
 in-process through ``task.inference_step`` on synthetic Multi30k-like sources,
 --batch-size sentences at a time, the models alternating batch by batch (rate: the
-sentences over the sum of each batch's median time; ratio: median of per-batch ratios). The weights are random, so the output length is forced, --min-len = --max-len-b
+sentences over the sum of each batch's median time; ratio: median of per-batch ratios).
+The weights are random, so the output length is forced, --min-len = --max-len-b
 = L with --max-len-a 0: EOS is banned before step L and forced at it, so both models
 decode exactly L + 1 steps per sentence and do the same amount of beam search.
 
@@ -31,8 +32,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from benchlib import (USER_DIR, cycling, environment, interleaved, median, paired_speedup, parser, pass_seconds, ratio_line,
-                      report, setup)
+from benchlib import (
+    USER_DIR,
+    cycling,
+    environment,
+    interleaved,
+    median,
+    paired_speedup,
+    parser,
+    pass_seconds,
+    ratio_line,
+    report,
+    setup,
+)
 from mtlib import MODELS, SIZES, batches, build, multi30k_like
 
 TARGET = 1.3
@@ -88,7 +100,8 @@ def with_cli(args, size: str, models: dict):
         return counts[-1] / float(match.group(2))  # the CLI's own timer: start-up and loading excluded
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {name: checkpoint(cfg, model, os.path.join(tmp, f"{name}.pt")) for name, (cfg, _, model) in models.items()}
+        paths = {name: checkpoint(cfg, model, os.path.join(tmp, f"{name}.pt"))
+                 for name, (cfg, _, model) in models.items()}
         seconds = interleaved({name: (lambda p=p: run(p)) for name, p in paths.items()},
                               args.repeats or (2 if args.tiny else 3))
     return counts[0], {m: median(s) for m, s in seconds.items()}, seconds
@@ -174,13 +187,17 @@ def main() -> None:
             slope, intercept = np.polyfit(t, y, 1)
             r2 = 1 - ((y - (slope * t + intercept)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
             per_unit = slope / (hyps * SIZES[size]["dim"] * SIZES[size]["layers"]) * 1e9
-            ratios.append(f"decoder step [{size}{', with reorder' if reorder else ''}]: {intercept * 1e3:.2f} ms + "
-                          f"{slope * 1e6:.1f} us x t (R^2 {r2:.3f}); slope = {per_unit:.3f} ns per position x hypothesis "
-                          f"x channel x layer ({hyps} hypotheses, d {SIZES[size]['dim']}, {SIZES[size]['layers']} layers)")
+            ratios.append(f"decoder step [{size}{', with reorder' if reorder else ''}]: "
+                          f"{intercept * 1e3:.2f} ms + "
+                          f"{slope * 1e6:.1f} us x t (R^2 {r2:.3f}); "
+                          f"slope = {per_unit:.3f} ns per position x hypothesis "
+                          f"x channel x layer ({hyps} hypotheses, d {SIZES[size]['dim']}, "
+                          f"{SIZES[size]['layers']} layers)")
         step_rows += [[size, x, step[(x, False)] * 1e3, step[(x, True)] * 1e3] for x in prefixes]
         raw[size] = {"generate_seconds": seconds, "sentences": sentences,
                      "step_seconds": {f"t={x},reorder={r}": v for (x, r), v in step.items()}}
-    how = f"fairseq-generate --cpu on {args.data}/test" if args.data else "SequenceGenerator in-process, synthetic sources"
+    how = (f"fairseq-generate --cpu on {args.data}/test" if args.data
+           else "SequenceGenerator in-process, synthetic sources")
     report([(f"MT generation: beam 4, batch {args.batch_size}, forced length {args.length}, {how}",
              ["size", "model", "sentences", "sentences/s"], rows),
             ("ResMLP decoder alone: one incremental step after a cached prefix of t tokens",

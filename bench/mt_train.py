@@ -20,8 +20,20 @@ import json
 
 from fairseq import optim
 
-from benchlib import (cycling, environment, in_fresh_processes, interleaved, paired_speedup, parser, pass_seconds, ratio_line,
-                      report, reset_peak_rss, rss_kib, setup)
+from benchlib import (
+    cycling,
+    environment,
+    in_fresh_processes,
+    interleaved,
+    paired_speedup,
+    parser,
+    pass_seconds,
+    ratio_line,
+    report,
+    reset_peak_rss,
+    rss_kib,
+    setup,
+)
 from mtlib import MODELS, SIZES, batches, multi30k_like, setup_task
 
 TARGET_SPEED, TARGET_MEMORY = 1.3, 1.0

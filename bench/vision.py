@@ -26,7 +26,8 @@ from torch import nn
 
 from benchlib import environment, interleaved, median, paired_speedup, parser, ratio_line, report, setup
 from resmlp_mt.convert import from_timm
-from resmlp_mt.models.resmlp_image import ARCHS as OUR_ARCHS, build_resmlp_image
+from resmlp_mt.models.resmlp_image import ARCHS as OUR_ARCHS
+from resmlp_mt.models.resmlp_image import build_resmlp_image
 
 ARCHS = {"s12": ("resmlp_12_224", "resmlp_s12"), "s24": ("resmlp_24_224", "resmlp_s24")}  # timm's name, ours
 DIM, PATCH = 384, 16
@@ -72,7 +73,10 @@ def main() -> None:
     repeats = args.repeats or (2 if args.tiny else 5)
     env = environment(args.threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    gemm = lambda: torch.mm(a, b)
+
+    def gemm():
+        return torch.mm(a, b)
+
     rows, ratios, raw = [], [], {}
     for arch in archs:
         ours, reference = pair(arch, classes, img)
@@ -97,7 +101,8 @@ def main() -> None:
             flop = fwd * batch * (3 if mode == "train" else 1)
             for name in ("ours", "timm"):
                 t = median(seconds[name])
-                rows.append([arch, f"{mode} b{batch}", name, batch / t, f"{batch / max(seconds[name]):.1f}-{batch / min(seconds[name]):.1f}",
+                rows.append([arch, f"{mode} b{batch}", name, batch / t,
+                             f"{batch / max(seconds[name]):.1f}-{batch / min(seconds[name]):.1f}",
                              flop / t, f"{flop / t / peak:.0%}"])
             rows.append([arch, f"{mode} b{batch}", f"gemm {n}", "", "", peak, "100%"])
             r = paired_speedup(seconds, "ours", "timm")
@@ -107,7 +112,8 @@ def main() -> None:
                 ratios.append(f"fraction of GEMM peak, ours [{arch} infer b{batch}]: {frac:.0%} "
                               f"(target >= {TARGET_PEAK:.0%}: {'met' if frac >= TARGET_PEAK else 'NOT met'})")
             else:
-                ratios.append(f"ratio ours/timm images/s [{arch} {mode} b{batch}]: {r[0]:.2f}x, quartiles {r[1]:.2f}-{r[2]:.2f}")
+                ratios.append(f"ratio ours/timm images/s [{arch} {mode} b{batch}]: "
+                              f"{r[0]:.2f}x, quartiles {r[1]:.2f}-{r[2]:.2f}")
             raw[f"{arch} {mode} b{batch}"] = seconds
         ratios.append(f"work [{arch}]: {fwd:.3g} GFLOP per {img}px image forward ({classes} classes)")
     report([(f"Vision: ResMLP ours vs timm (same weights), images/s and GFLOP/s, fp32 GEMM {n} as peak",

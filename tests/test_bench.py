@@ -26,7 +26,8 @@ def tiny_runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = {
         script: subprocess.Popen(
-            [sys.executable, os.path.join(BENCH, script), "--tiny", "--threads", "1", "--out", str(out / f"{script}.json")],
+            [sys.executable, os.path.join(BENCH, script), "--tiny", "--threads", "1",
+             "--out", str(out / f"{script}.json")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         for script in SCRIPTS
@@ -59,6 +60,7 @@ def test_generation_checkpoint_loads_through_fairseq(tmp_path):
     """mt_generate --data hands fairseq-generate checkpoints written by ``checkpoint``."""
     from fairseq import checkpoint_utils
     from mt_generate import checkpoint
+
     from mtlib import build
 
     for model_name in ("resmlp", "transformer"):

@@ -7,10 +7,9 @@ import time
 
 import pytest
 import torch
-from fairseq import tasks
+from fairseq import options, tasks
 from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq import options
 
 from helpers import BIN, USER_DIR, run_cli
 

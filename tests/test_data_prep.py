@@ -29,8 +29,8 @@ LEXICON = {
     "en": "a man woman dog cat red blue big small house street runs sits plays with on the in near green ball".split(),
     "de": "ein mann frau hund katze rot blau gross klein haus strasse rennt sitzt spielt mit auf der in nahe grün ball"
           .split(),
-    "fr": "un homme femme chien chat rouge bleu grand petit maison rue court assis joue avec sur le dans près vert balle"
-          .split(),
+    "fr": ("un homme femme chien chat rouge bleu grand petit maison rue court assis joue avec sur le dans près "
+           "vert balle").split(),
 }
 
 

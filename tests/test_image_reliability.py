@@ -8,9 +8,9 @@ import random
 import time
 
 import pytest
+from test_distributed import data_parallel, max_abs_diff, model
 
 from helpers import USER_DIR, run_cli
-from test_distributed import data_parallel, max_abs_diff, model
 from test_image_data import image_folder_tree  # noqa: F401  (a fixture)
 from test_reliability import (  # noqa: F401  (hooks is a fixture)
     ENV,

@@ -35,8 +35,8 @@ from fairseq.file_io import PathManager as StockPathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from helpers import BIN, USER_DIR, build_translation_model, run_cli
 from conftest import write_reversal_task
+from helpers import BIN, USER_DIR, build_translation_model, run_cli
 from resmlp_mt import fairseq_compat, safe_load
 
 # As in test_cli_translation.py: a 2+2-layer, d=32 model whose token mixing holds 16 positions.

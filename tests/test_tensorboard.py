@@ -10,9 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 from torch.utils.tensorboard import SummaryWriter
 
 from helpers import BIN, run_cli
-from test_cli_translation import train_args
-
 from resmlp_mt.cli import plot_curves
+from test_cli_translation import train_args
 
 # "valid on 'valid' subset | loss 6.302 | nll_loss 6.311 | ppl 79.41 | bleu 0.16 | ... | num_updates 3"
 VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \| nll_loss [\d.]+ \| ppl [\d.]+ \| bleu ([\d.]+) "

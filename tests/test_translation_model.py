@@ -1,5 +1,4 @@
 """The ResMLP translation model: causality, incremental decoding, padding, sizes."""
-import argparse
 
 import pytest
 import torch
@@ -91,29 +90,30 @@ def test_over_length_inputs_name_length_and_limit():
 
 
 def test_wmt_en_de_parameter_count_derived_by_hand():
-    vocab, d, h, L, heads = 1000, 512, 2048, 512, 8
+    vocab, d, h, L = 1000, 512, 2048, 512
     model = build_translation_model("resmlp_wmt_en_de", vocab=vocab)
     layernorm, layerscale = 2 * d, d
     mlp = d * h + h + h * d + d
     mixing = L * L + L
     encoder_layer = layernorm + mixing + layerscale + layernorm + mlp + layerscale
-    cross_attention = 4 * (d * d + d)
+    cross_attention = 4 * (d * d + d)  # q, k, v, out projections: the same for any number of heads
     decoder_layer = encoder_layer + layernorm + cross_attention + layerscale
     expected = 3 * vocab * d + 6 * encoder_layer + 6 * decoder_layer + 2 * layernorm
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_relative_mixing_parameters_derived_by_hand_and_free_of_lengths():
-    vocab, d, K = 1000, 512, 16
+    vocab, K = 1000, 16
     absolute = build_translation_model("resmlp_wmt_en_de", vocab=vocab)
     relative = build_translation_model("resmlp_wmt_en_de", vocab=vocab, token_mixing="relative", mixing_window=K)
-    per_layer_absolute = 512 * 512 + 512
+    per_layer_absolute = 512 * 512 + 512  # L x L weights + L biases, L = 512 positions
     encoder_relative, decoder_relative = (2 * K + 1) + 2 + 1, (K + 1) + 1 + 1  # offsets, far means, bias
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(absolute) - count(relative) == 6 * (per_layer_absolute - encoder_relative) + 6 * (
         per_layer_absolute - decoder_relative)
     assert relative.max_positions() == (4096, 4096)  # a cap, not a matrix size
-    capped = build_translation_model("resmlp_wmt_en_de", vocab=vocab, token_mixing="relative", max_source_positions=9000)
+    capped = build_translation_model("resmlp_wmt_en_de", vocab=vocab, token_mixing="relative",
+                                     max_source_positions=9000)
     assert count(capped) == count(relative) and capped.max_positions() == (9000, 4096)
 
 

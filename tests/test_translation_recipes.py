@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from helpers import BIN, REPO, USER_DIR, run_cli
-from test_data_prep import sentence_pair, write_text
-from test_cli_translation import TINY
-
 from resmlp_mt.cli import average_checkpoints, score
+from test_cli_translation import TINY
+from test_data_prep import sentence_pair, write_text
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,8 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
 @pytest.mark.slow
 def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     """compare_transformer.sh, two models at a time, 2 seeds of 3 updates each, and long inputs."""
-    out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2, PARALLEL=1,
-                      MODELS="resmlp_relative transformer", SEEDS="1 2", LONG_FACTORS="4")
+    out = run_example("compare_transformer.sh", multi30k_like, tmp_path / "compare", MAX_UPDATE=3, THREADS=2,
+                      PARALLEL=1, MODELS="resmlp_relative transformer", SEEDS="1 2", LONG_FACTORS="4")
     rows = re.findall(r"^(resmlp_relative|transformer) +([\d.]+) +([\d.]+)/([\d.]+) +(\d+) +(\d+) "
                       r"+([\d.]+) +([\d,]+)$", out, re.M)
     assert [r[0] for r in rows] == ["resmlp_relative", "transformer"], out
@@ -72,7 +71,8 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
 def test_long_inputs_join_consecutive_lines():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("long_inputs", os.path.join(REPO, "examples/translation/long_inputs.py"))
+    spec = importlib.util.spec_from_file_location("long_inputs",
+                                                  os.path.join(REPO, "examples/translation/long_inputs.py"))
     long_inputs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(long_inputs)
     assert long_inputs.joined(["a", "b", "c", "d", "e"], 2) == ["a b", "c d"]
@@ -103,7 +103,8 @@ def test_checkpoint_averaging_is_the_mean(tiny_data_bin, tmp_path):
     for name, value in averaged.items():
         by_hand = (states[0][name] + states[1][name] + states[2][name]) / 3
         torch.testing.assert_close(value, by_hand, rtol=0, atol=1e-6)
-    assert not torch.equal(states[0]["decoder.layers.0.token_mixing.weight"], averaged["decoder.layers.0.token_mixing.weight"])
+    assert not torch.equal(states[0]["decoder.layers.0.token_mixing.weight"],
+                           averaged["decoder.layers.0.token_mixing.weight"])
     gen = run_cli("fairseq-generate", tiny_data_bin, "--user-dir", USER_DIR, "--path", out, "--beam", "4",
                   "--gen-subset", "test", "--cpu")
     assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 13

@@ -14,7 +14,8 @@ def run_figures(run: str) -> dict:
     bleu = float(re.search(r"^BLEU = ([\d.]+)", open(f"{run}/bleu.txt").read(), re.M).group(1))
     params = int(re.search(r"num\. shared model params: ([\d,]+)", log).group(1).replace(",", ""))
     # each epoch's wps, weighted by its training time (the last epoch is usually a short one)
-    epochs = [(float(w), float(t)) for w, t in re.findall(r"\| train \| epoch .*?\| wps ([\d.]+) .*?\| train_wall ([\d.]+)", log)]
+    epochs = [(float(w), float(t))
+              for w, t in re.findall(r"\| train \| epoch .*?\| wps ([\d.]+) .*?\| train_wall ([\d.]+)", log)]
     wps = sum(w * t for w, t in epochs) / max(sum(t for _, t in epochs), 1e-9)
     updates = int(re.findall(r"num_updates[ =](\d+)", log)[-1])
     gen = float(re.search(r"\(([\d.]+) sentences/s", open(f"{run}/generate-test.log").read()).group(1))
@@ -27,7 +28,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--seeds", nargs="+", required=True)
     args = p.parse_args(argv)
-    print(f"\n{'model':<20} {'BLEU':>6} {'per seed':>14} {'train tok/s':>12} {'updates':>8} {'gen sent/s':>11} {'params':>12}")
+    print(f"\n{'model':<20} {'BLEU':>6} {'per seed':>14} {'train tok/s':>12} {'updates':>8} "
+          f"{'gen sent/s':>11} {'params':>12}")
     for model in args.models:
         runs = [run_figures(f"{args.work}/{model}-s{seed}") for seed in args.seeds]
         mean = lambda key: statistics.mean(r[key] for r in runs)  # noqa: E731

@@ -49,7 +49,8 @@ def binarize(data: str, src: str, tgt: str, k: int, work: str) -> str:
     dicts = os.path.join(data, "data-bin")
     subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", src, "--target-lang", tgt,
                     "--testpref", os.path.join(out, "test"), "--destdir", bin_dir,
-                    "--srcdict", os.path.join(dicts, f"dict.{src}.txt"), "--tgtdict", os.path.join(dicts, f"dict.{tgt}.txt"),
+                    "--srcdict", os.path.join(dicts, f"dict.{src}.txt"),
+                    "--tgtdict", os.path.join(dicts, f"dict.{tgt}.txt"),
                     "--workers", "1"], check=True, capture_output=True)
     return bin_dir
 
@@ -69,14 +70,17 @@ def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int
     refs = read_lines(os.path.join(data, f"test.raw.{tgt}"))
     rows = []
     for name, checkpoint in models.items():
-        parts = translate(os.path.join(data, "data-bin"), src, tgt, checkpoint, os.path.join(work, f"{name}.x1.txt"), 64)
+        parts = translate(os.path.join(data, "data-bin"), src, tgt, checkpoint,
+                          os.path.join(work, f"{name}.x1.txt"), 64)
         for k in factors:
             whole = translate(binarize(data, src, tgt, k, work), src, tgt, checkpoint,
                               os.path.join(work, f"{name}.x{k}.txt"), 16)
-            groups = [g for g in range(len(refs) // k) if g in whole and all(i in parts for i in range(g * k, g * k + k))]
+            groups = [g for g in range(len(refs) // k)
+                      if g in whole and all(i in parts for i in range(g * k, g * k + k))]
             joined_refs = [joined(refs, k)[g] for g in groups]
             by_parts = [" ".join(parts[i] for i in range(g * k, g * k + k)) for g in groups]
-            bleu_whole = sacrebleu.corpus_bleu([whole[g] for g in groups], [joined_refs]).score if groups else float("nan")
+            bleu_whole = (sacrebleu.corpus_bleu([whole[g] for g in groups], [joined_refs]).score
+                          if groups else float("nan"))
             bleu_parts = sacrebleu.corpus_bleu(by_parts, [joined_refs]).score if groups else float("nan")
             rows.append([name, k, f"{len(groups)}/{len(refs) // k}", bleu_parts, bleu_whole, bleu_parts - bleu_whole])
     return rows

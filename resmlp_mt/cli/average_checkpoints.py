@@ -17,10 +17,9 @@ import re
 import sys
 from typing import List
 
-import torch
+from fairseq import checkpoint_utils
 
 import resmlp_mt  # noqa: F401  (loads fairseq checkpoints on torch >= 2.6)
-from fairseq import checkpoint_utils
 from resmlp_mt import checkpoint_file
 
 
@@ -47,7 +46,8 @@ def average(paths: List[str]) -> dict:
             raise ValueError(f"{path} has different parameters than {paths[0]}: not the same architecture")
         for name, value in params.items():
             if name in sums and value.shape != sums[name].shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, {paths[0]} has {tuple(sums[name].shape)}")
+                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, "
+                                 f"{paths[0]} has {tuple(sums[name].shape)}")
             sums[name] = sums.get(name, 0) + value.double()
         newest = newest or state
     newest["model"] = {name: (total / len(paths)).to(newest["model"][name].dtype) for name, total in sums.items()}
@@ -70,8 +70,10 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", nargs="+", required=True, help="checkpoint files, or one directory")
     p.add_argument("--output", required=True, help="where to write the averaged checkpoint")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--num-epoch-checkpoints", type=int, help="average the last N checkpointEPOCH.pt of the directory")
-    group.add_argument("--num-update-checkpoints", type=int, help="average the last N checkpoint_E_UPDATE.pt of the directory")
+    group.add_argument("--num-epoch-checkpoints", type=int,
+                       help="average the last N checkpointEPOCH.pt of the directory")
+    group.add_argument("--num-update-checkpoints", type=int,
+                       help="average the last N checkpoint_E_UPDATE.pt of the directory")
     args = p.parse_args(argv)
 
     paths = args.inputs

@@ -1,3 +1,5 @@
 """fairseq models of the plugin; importing a module registers its architectures."""
-from . import resmlp_translation  # noqa: F401
-from . import resmlp_image  # noqa: F401
+from . import (
+    resmlp_image,  # noqa: F401
+    resmlp_translation,  # noqa: F401
+)

@@ -182,7 +182,8 @@ class ResMLPEncoder(FairseqEncoder):
         states are not copied here: the new order is composed with any earlier one and
         applied when the states are read (``encoder_states``). The padding mask, read at
         every step, is reordered."""
-        states, order = encoder_out.get("encoder_states", encoder_out.get("encoder_out")), encoder_out.get("encoder_order")
+        states = encoder_out.get("encoder_states", encoder_out.get("encoder_out"))
+        order = encoder_out.get("encoder_order")
         return {
             "encoder_states": states,
             "encoder_order": [new_order if order is None else order[0].index_select(0, new_order)],
@@ -306,7 +307,8 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         encoder_embed = Embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings requires a joined dictionary (fairseq-preprocess --joined-dictionary)")
+                raise ValueError("--share-all-embeddings requires a joined dictionary "
+                                 "(fairseq-preprocess --joined-dictionary)")
             if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
                 raise ValueError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
             decoder_embed = encoder_embed

@@ -16,8 +16,19 @@ import os
 
 from tqdm import tqdm
 
-from .common import (SPLITS, DataPrepError, Pipeline, add_common_args, atomic_writers, claim_out_dir, download,
-                     iter_parallel, run_cli, run_settings, subword_and_binarize)
+from .common import (
+    SPLITS,
+    DataPrepError,
+    Pipeline,
+    add_common_args,
+    atomic_writers,
+    claim_out_dir,
+    download,
+    iter_parallel,
+    run_cli,
+    run_settings,
+    subword_and_binarize,
+)
 
 RAW_NAMES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 DOWNLOAD_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"

@@ -24,8 +24,21 @@ import tarfile
 from sacremoses import MosesPunctNormalizer
 from tqdm import tqdm
 
-from .common import (DataPrepError, Pipeline, add_common_args, atomic_path, atomic_writers, chunks, claim_out_dir,
-                     download, iter_lines, iter_parallel, run_cli, run_settings, subword_and_binarize)
+from .common import (
+    DataPrepError,
+    Pipeline,
+    add_common_args,
+    atomic_path,
+    atomic_writers,
+    chunks,
+    claim_out_dir,
+    download,
+    iter_lines,
+    iter_parallel,
+    run_cli,
+    run_settings,
+    subword_and_binarize,
+)
 
 STATMT = "https://statmt.org/"
 ARCHIVE_URLS = {

@@ -25,8 +25,7 @@ from omegaconf import II
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets.folder import find_classes
 
-from ..image.data import (NAMED, ImageDataError, ImageDataset, describe_counts, image_folder, named_dataset,
-                          require_dir)
+from ..image.data import NAMED, ImageDataError, ImageDataset, describe_counts, image_folder, named_dataset, require_dir
 
 logger = logging.getLogger(__name__)
 
