@@ -13,12 +13,37 @@ the rest; ``modules/relative_token_mixing.py``): no parameter depends on a lengt
 limits are only a cap (default ``RELATIVE_MAX_POSITIONS``), and a decoding step costs
 the same at every position.
 
-Norm: LayerNorm by default, not the paper's vision Aff. Measured on Multi30k En-De
-(3+3 layers, d 256, shared embeddings; loss in bits after 50 updates of 1,500
-tokens): LayerNorm 18.4, Aff 20.4; with the prefix-mean token-mixing init and
-LayerScale 1.0 (the demo's set-up), LayerNorm 12.4 while Aff diverged (63.2). Aff
-passes the scale of the sqrt(d)-scaled embeddings (tied with the output projection)
-on to every sublayer; LayerNorm resets it in each block. ``--norm affine`` remains.
+Norm: LayerNorm by default, not the paper's vision Aff: Aff passes the scale of the
+sqrt(d)-scaled embeddings (tied with the output projection) on to every sublayer, while
+LayerNorm resets it in each block (the measurement is in the README). ``--norm affine``
+remains.
+
+Decoding state. Beam search keeps four kinds of state; each is written at one place and
+follows the beams at one place:
+
+=====================  ==============================  ==================================
+state                  written by                      follows beam reorders
+=====================  ==============================  ==================================
+token-mixing inputs    ``TokenMixing._step`` (all      its ``reorder_incremental_state``
+                       inputs so far, ``inputs``) or   (rows copied into the ``spare``
+                       ``RelativeTokenMixing._step``   buffer; relative: ``window`` and
+                       (``window``, ``far_sum``,       ``far_sum`` indexed), called by
+                       ``far_count``), every step      fairseq for every module
+folded MLP weights     ``ResMLPBlock._folded_mlp``,    nothing to reorder: the same for
+(``folded_mlp``)       at the first step               every hypothesis
+cross-attention keys   fairseq's MultiheadAttention    fairseq's; skipped while every
+and values             (``static_kv``), first step;    sentence keeps its beam (beamable
+                       the decoder then marks          attention, ``set_beam_size`` at
+                       ``cross_attention`` cached      the first step, ``_beam_size``)
+encoder states and     ``ResMLPEncoder.forward``       ``reorder_encoder_out`` composes
+their order                                            the order (``encoder_order``);
+(not incremental)                                      ``encoder_states()`` applies it,
+                                                       read at the first step only
+=====================  ==============================  ==================================
+
+All of it lives in fairseq's ``incremental_state`` (or the encoder-output dict) of one
+decoding, as tensors: nothing outlives a decoding or sits on a module, since fairseq's
+optimizers update weights through ``.data``, which no cache could notice.
 """
 import os
 from dataclasses import dataclass, field
@@ -180,12 +205,14 @@ class ResMLPEncoder(FairseqEncoder):
         """Beam search calls this at every step, but the decoder reads the encoder states
         only at its first step (cross-attention then caches its keys and values). So the
         states are not copied here: the new order is composed with any earlier one and
-        applied when the states are read (``encoder_states``). The padding mask, read at
+        applied when the states are read (``encoder_states()``). They are kept under their own
+        key, ``unordered_encoder_out``, since fairseq's ``encoder_out`` would promise the new
+        order (and its ``encoder_states`` means per-layer states). The padding mask, read at
         every step, is reordered."""
-        states = encoder_out.get("encoder_states", encoder_out.get("encoder_out"))
+        states = encoder_out.get("unordered_encoder_out", encoder_out.get("encoder_out"))
         order = encoder_out.get("encoder_order")
         return {
-            "encoder_states": states,
+            "unordered_encoder_out": states,
             "encoder_order": [new_order if order is None else order[0].index_select(0, new_order)],
             "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
         }
@@ -198,7 +225,7 @@ def encoder_states(encoder_out: Dict[str, List[Tensor]]) -> Tensor:
     """The encoder output ``(T, B, C)``, in the order of any ``reorder_encoder_out`` since."""
     if "encoder_out" in encoder_out:
         return encoder_out["encoder_out"][0]
-    return encoder_out["encoder_states"][0].index_select(1, encoder_out["encoder_order"][0])
+    return encoder_out["unordered_encoder_out"][0].index_select(1, encoder_out["encoder_order"][0])
 
 
 def _beam_size(encoder_out: Dict[str, List[Tensor]]) -> int:
@@ -214,7 +241,7 @@ def _beam_size(encoder_out: Dict[str, List[Tensor]]) -> int:
     order = encoder_out.get("encoder_order")
     if order is None:
         return 1
-    sentences, hypotheses = encoder_out["encoder_states"][0].size(1), order[0].numel()
+    sentences, hypotheses = encoder_out["unordered_encoder_out"][0].size(1), order[0].numel()
     beam = hypotheses // sentences
     expanded = torch.arange(sentences, device=order[0].device).repeat_interleave(beam)
     return beam if beam > 1 and hypotheses == sentences * beam and torch.equal(order[0], expanded) else 1
@@ -280,15 +307,17 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                 enc = encoder_states(encoder_out)
                 if incremental_state is not None:
                     self.set_beam_size(_beam_size(encoder_out))
+                    # from the next step on, cross-attention reads the keys and values it caches now
+                    self.set_incremental_state(incremental_state, "cross_attention", {"cached": enc.new_ones(())})
         for layer in self.layers:
             x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
         return restore(self.final_norm(x).transpose(0, 1))  # back in the columns of left-padded targets
 
     def _cross_attention_cached(self, incremental_state: Optional[IncrementalState]) -> bool:
         """After the first incremental step, cross-attention reads its cached keys and values."""
-        if incremental_state is None or not self.layers:
+        if incremental_state is None:
             return False
-        return "prev_key" in self.layers[0].cross_attention._get_input_buffer(incremental_state)
+        return self.get_incremental_state(incremental_state, "cross_attention") is not None
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)

@@ -112,21 +112,22 @@ class TokenMixing(nn.Module):
         that took longer than the arithmetic (and gathering along dim 1 is 4x slower).
         Under autograd the cache is rebuilt functionally instead (no in-place writes).
         """
-        cache = self.get_incremental_state(incremental_state, "inputs") or {"inputs": None, "spare": None, "length": 0}
-        buffer, spare, length = cache["inputs"], cache["spare"], cache["length"]
+        cache = self.get_incremental_state(incremental_state, "inputs") or {}
+        buffer, spare, seen = cache.get("buffer"), cache.get("spare"), cache.get("inputs")
+        length = 0 if seen is None else seen.size(1)
         end = length + x.size(0)
         self.check_length(end)
         new = x.transpose(0, 1)
         if _differentiable(x, self.weight):
-            buffer, spare = (new if buffer is None else torch.cat([buffer[:, :length], new], dim=1)), None
+            buffer, spare = (new if seen is None else torch.cat([seen, new], dim=1)), None
         else:
             if buffer is None or end > buffer.size(1):
                 grown = x.new_empty(x.size(1), min(self.num_tokens, max(8, 2 * end)), x.size(2))
                 if length:
-                    grown[:, :length] = buffer[:, :length]
+                    grown[:, :length] = seen
                 buffer, spare = grown, None
             buffer[:, length:end] = new
-        self.set_incremental_state(incremental_state, "inputs", {"inputs": buffer, "spare": spare, "length": end})
+        self.set_incremental_state(incremental_state, "inputs", _cache(buffer, spare, end))
         weight = self.weight[length:end, :end].tril(length)  # row r is position length + r: columns <= it
         out = torch.matmul(weight, buffer[:, :end]).transpose(0, 1)  # (B, rows, C) -> (rows, B, C)
         return out + bias[length:end] if residual is None else (residual + bias[length:end]).add_(out)
@@ -134,17 +135,24 @@ class TokenMixing(nn.Module):
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Follow beam search: keep the cached inputs of the surviving hypotheses, in their new order."""
         cache = self.get_incremental_state(incremental_state, "inputs")
-        if cache is None:
+        if cache is None or cache.get("inputs") is None:
             return
-        buffer, spare, length = cache["inputs"], cache["spare"], cache["length"]
+        buffer, spare, seen = cache["buffer"], cache.get("spare"), cache["inputs"]
         if buffer.requires_grad and torch.is_grad_enabled():
-            reordered, spare = buffer[:, :length].index_select(0, new_order), None
+            reordered, spare = seen.index_select(0, new_order), None
         else:
             if spare is None or spare.shape != (new_order.numel(), *buffer.shape[1:]):
                 spare = buffer.new_empty(new_order.numel(), *buffer.shape[1:])
-            torch.index_select(buffer[:, :length], 0, new_order, out=spare[:, :length])
+            torch.index_select(seen, 0, new_order, out=spare[:, : seen.size(1)])
             reordered, spare = spare, (buffer if buffer.size(0) == new_order.numel() else None)
-        self.set_incremental_state(incremental_state, "inputs", {"inputs": reordered, "spare": spare, "length": length})
+        self.set_incremental_state(incremental_state, "inputs", _cache(reordered, spare, seen.size(1)))
+
+
+def _cache(buffer: Tensor, spare: Optional[Tensor], length: int) -> Dict[str, Optional[Tensor]]:
+    """The causal cache: ``buffer`` (B, capacity, C), the rows in use as the view ``inputs``
+    (so their count is its size, not an int beside the tensors), and the ``spare`` buffer
+    a reorder writes into."""
+    return {"buffer": buffer, "spare": spare, "inputs": buffer[:, :length]}
 
 
 def _differentiable(x: Tensor, weight: Tensor) -> bool:
