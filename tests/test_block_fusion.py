@@ -1,9 +1,11 @@
-"""The folded ResMLPBlock against the plain sequence of its modules, outputs and gradients.
+"""The folded ResMLPBlock against its plain computation, outputs and gradients.
 
-The reference below calls the block's own sub-modules one after the other, as the paper
-writes the block (norm -> A -> LayerScale -> residual; norm -> fc1 -> GELU -> fc2 ->
-LayerScale -> residual), with every intermediate kept by autograd; the block itself
-folds LayerScale and Aff into small weights and recomputes GELU in its backward pass.
+``ResMLPBlock.plain_forward`` calls the block's own sub-modules one after the other, as
+the paper writes the block (norm -> token mixing -> LayerScale -> residual; norm -> fc1 ->
+GELU -> fc2 -> LayerScale -> residual), with every intermediate kept by autograd; the
+token-mixing modules themselves are checked against brute-force loops in their own
+tests. ``forward`` folds LayerScale and Aff into small weights, lets the GEMMs add the
+residuals and recomputes GELU in its backward pass.
 """
 import pytest
 import torch
@@ -17,21 +19,7 @@ DIM, TOKENS = 12, 9
 
 
 def reference(block, x, padding_mask=None, encoder_out=None, encoder_padding_mask=None):
-    n = block.norm1(x)
-    if padding_mask is not None:
-        n = n.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
-    length = x.size(0)
-    a = block.token_mixing.weight[:length, :length]
-    if block.token_mixing.mode == "causal":
-        a = a.tril()
-    mixed = torch.einsum("ij,jbc->ibc", a, n) + block.token_mixing.bias[:length, None, None]
-    x = x + block.dropout(block.ls1(mixed))
-    if block.cross_attention is not None:
-        attended, _ = block.cross_attention(block.norm_cross(x), encoder_out, encoder_out,
-                                            key_padding_mask=encoder_padding_mask, static_kv=True)
-        x = x + block.dropout(block.ls_cross(attended))
-    hidden = block.mlp.drop1(F.gelu(block.mlp.fc1(block.norm2(x))))
-    return x + block.dropout(block.ls2(block.mlp.fc2(hidden)))
+    return block.plain_forward(x, padding_mask, encoder_out, encoder_padding_mask)
 
 
 def randomise(block):
@@ -47,14 +35,15 @@ def randomise(block):
 
 @pytest.mark.parametrize("norm", ["affine", "layernorm"])
 @pytest.mark.parametrize("mixing", ["full", "padded", "causal"])
+@pytest.mark.parametrize("window", [None, 2], ids=["absolute", "relative"])
 @pytest.mark.parametrize("training, dropout", [(True, 0.0), (True, 0.3), (False, 0.3)])
 @pytest.mark.parametrize("batch", [3, 24])
-def test_folded_block_matches_the_plain_sequence(norm, mixing, training, dropout, batch):
+def test_folded_block_matches_the_plain_sequence(norm, mixing, window, training, dropout, batch):
     """Dropout on (training, 0.3): the residuals stay apart; otherwise the GEMMs add them in.
     Batch 3: fewer tokens than hidden units, the MLP is not folded; batch 24: it is."""
     cross = MultiheadAttention(DIM, 2, encoder_decoder_attention=True) if mixing == "causal" else None
-    block = ResMLPBlock(DIM, TOKENS, mixing=mixing, norm=norm, cross_attention=cross, dropout=dropout,
-                        activation_dropout=dropout)
+    block = ResMLPBlock(DIM, TOKENS, mixing=mixing, mixing_window=window, norm=norm, cross_attention=cross,
+                        dropout=dropout, activation_dropout=dropout)
     block = randomise(block).train(training)
     length = TOKENS if mixing == "full" else 7
     x = torch.randn(length, batch, DIM, requires_grad=True)

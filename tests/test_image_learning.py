@@ -1,4 +1,4 @@
-"""A small ResMLP learns Fashion-MNIST: at least 85% test top-1 within 5 minutes of CPU training."""
+"""A small ResMLP learns Fashion-MNIST: at least 85% test top-1 after 3 epochs (1,407 updates)."""
 import os
 import re
 
@@ -12,14 +12,14 @@ FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason=f"no Fashion-MNIST in {FASHION_MNIST}: "
                     "apt-get install dataset-fashion-mnist (make fashion-mnist)")
-def test_fashion_mnist_85_percent_in_five_minutes(tmp_path):
-    # The demo's recipe for 3 epochs (~3.5 minutes on one shared core); fairseq stops
-    # training at 5 minutes whatever the load of the machine, and saves.
+def test_fashion_mnist_85_percent_in_three_epochs(tmp_path):
+    # The demo's recipe for 3 epochs (about 3.5 minutes on one shared core), stopped by
+    # update count so that a slower machine takes longer instead of failing.
     out = run_cli(
         "fairseq-train", FASHION_MNIST, "--user-dir", USER_DIR, "--task", "image_classification",
         "--dataset", "fashion-mnist", "--arch", "resmlp_tiny_28", "--no-augment",
         "--criterion", "image_cross_entropy", "--optimizer", "lamb", "--lr", "1.5e-2", "--weight-decay", "0.05",
-        "--lr-scheduler", "cosine", "--warmup-updates", "50", "--max-update", "1407", "--stop-time-hours", str(5 / 60),
+        "--lr-scheduler", "cosine", "--warmup-updates", "50", "--max-update", "1407",
         "--batch-size", "128", "--num-workers", "1", "--disable-validation",
         "--seed", "1", "--cpu", "--no-epoch-checkpoints", "--save-dir", tmp_path,
         "--log-format", "simple", "--log-interval", "100",
@@ -33,4 +33,3 @@ def test_fashion_mnist_85_percent_in_five_minutes(tmp_path):
     accuracy = float(m.group(1))
     print(f"Fashion-MNIST test top-1 {accuracy:.2f}% after {seconds:.0f} s of training")
     assert accuracy >= 85.0
-    assert seconds <= 5 * 60 + 30  # fairseq checks its time limit after each update

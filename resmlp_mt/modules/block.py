@@ -114,6 +114,19 @@ class ResMLPBlock(nn.Module):
             return self.mlp_branch(x, residual=x, incremental_state=incremental_state)
         return self._residual(x, self.mlp_branch(x, incremental_state=incremental_state))
 
+    def plain_forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, encoder_out: Optional[Tensor] = None,
+                      encoder_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """The block as the paper writes it, one sub-module after the other, nothing folded
+        (a full pass: no incremental state). ``forward`` must equal it to float rounding,
+        outputs and gradients alike (``tests/test_block_fusion.py``); it is the readable
+        definition, and ``forward`` the fast one."""
+        x = x + self.drop_path(self.dropout(self.ls1(self.token_mixing(self.norm1(x), padding_mask))))
+        if self.cross_attention is not None:
+            attended, _ = self.cross_attention(self.norm_cross(x), encoder_out, encoder_out,
+                                               key_padding_mask=encoder_padding_mask, static_kv=True)
+            x = x + self.drop_path(self.dropout(self.ls_cross(attended)))
+        return x + self.drop_path(self.dropout(self.ls2(self.mlp(self.norm2(x)))))
+
     def mlp_branch(self, x: Tensor, residual: Optional[Tensor] = None,
                    incremental_state: Optional[IncrementalState] = None) -> Tensor:
         """``residual + ls2(mlp(norm2(x)))``, folded: gamma into fc2, an Aff norm into fc1.
