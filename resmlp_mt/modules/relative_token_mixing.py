@@ -21,11 +21,11 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from .token_mixing import IncrementalState
+from .token_mixing import IncrementalState, Mixing
 
 
 @with_incremental_state
-class RelativeTokenMixing(nn.Module):
+class RelativeTokenMixing(Mixing):
     """Same call as :class:`TokenMixing` (time-first ``(L, B, C)``, right-padded), any length."""
 
     INITS = ("normal", "mean")
@@ -63,7 +63,7 @@ class RelativeTokenMixing(nn.Module):
         far_left = torch.where(offset > self.window, self.far_weight[0] / left_count, 0.0)
         return torch.where(in_window, self.weight[index], far_left)
 
-    def forward(
+    def mix(
         self,
         x: Tensor,
         padding_mask: Optional[Tensor] = None,
@@ -71,7 +71,7 @@ class RelativeTokenMixing(nn.Module):
         bias_scale: Optional[Tensor] = None,
         residual: Optional[Tensor] = None,
     ) -> Tensor:
-        """As :meth:`TokenMixing.forward`: padding_mask ``(B, L)`` marks right padding;
+        """As :meth:`TokenMixing.mix`: padding_mask ``(B, L)`` marks right padding;
         ``bias_scale`` (C,) scales the output the caller folded into ``x``; ``residual`` is added."""
         bias = self.bias if bias_scale is None else self.bias * bias_scale
         if incremental_state is not None and self.causal:

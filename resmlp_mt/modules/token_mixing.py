@@ -12,8 +12,27 @@ class SequenceTooLongError(ValueError):
     """A sequence has more positions than the token-mixing matrix."""
 
 
+class Mixing(nn.Module):
+    """What both token mixings share: the paper's call, ``forward(x, padding_mask,
+    incremental_state)``, and ``mix``, the same with two extras for the block's folded
+    arithmetic: ``bias_scale``, LayerScale's gamma folded into ``x``, and ``residual``,
+    which the output is added to (by the GEMM where it can)."""
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+                incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        """The paper's layer: x ``(L, B, C)`` time-first; padding_mask ``(B, L)``, True at
+        (right-)padded positions; with an ``incremental_state`` (causal only), x holds the
+        new positions after the cached ones."""
+        return self.mix(x, padding_mask, incremental_state)
+
+    def mix(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+            incremental_state: Optional[IncrementalState] = None, bias_scale: Optional[Tensor] = None,
+            residual: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+
 @with_incremental_state
-class TokenMixing(nn.Module):
+class TokenMixing(Mixing):
     """``out[i] = sum_j A[i, j] * x[j] + b[i]``: one learned linear map across positions.
 
     This is what ResMLP puts in place of self-attention. Inputs are time-first,
@@ -74,7 +93,7 @@ class TokenMixing(nn.Module):
                 f"(--skip-invalid-size-inputs-valid-test)"
             )
 
-    def forward(
+    def mix(
         self,
         x: Tensor,
         padding_mask: Optional[Tensor] = None,
