@@ -39,6 +39,7 @@ def tiny_runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_tiny_bench_prints_its_table(tiny_runs, script):
     code, stdout, stderr, json_file = tiny_runs[script]
@@ -56,6 +57,7 @@ def test_converted_timm_weights_give_timm_logits():
     assert max_logit_difference(ours, reference, img_size=64) < 1e-4
 
 
+@pytest.mark.slow
 def test_generation_checkpoint_loads_through_fairseq(tmp_path):
     """mt_generate --data hands fairseq-generate checkpoints written by ``checkpoint``."""
     from fairseq import checkpoint_utils
@@ -72,6 +74,7 @@ def test_generation_checkpoint_loads_through_fairseq(tmp_path):
             assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_profile_splits_the_time_by_kind():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "profile_mt.py"), "--tiny", "--threads", "1"],

@@ -30,6 +30,7 @@ RELATIVE = ["--token-mixing", "relative", "--mixing-window", "2",
             "--max-source-positions", "1024", "--max-target-positions", "1024"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], RELATIVE], ids=["absolute", "relative"])
 def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     save = str(tmp_path / "ckpt")
@@ -63,6 +64,7 @@ def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     assert re.search(r"Generate test with beam=4: BLEU = [\d.]+", gen.stdout), gen.stdout[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split, size", [("valid", 21), ("test", 13)])
 def test_evaluation_batches_cover_every_sentence(tiny_data_bin, split, size):
     """fairseq main drops the last batch when its size is not a multiple of 8; the plugin does not."""
@@ -82,6 +84,7 @@ def test_evaluation_batches_cover_every_sentence(tiny_data_bin, split, size):
         assert seen == list(range(size)), (max_sentences, seen)
 
 
+@pytest.mark.slow
 def test_validation_during_training_equals_fairseq_validate(tiny_data_bin, tmp_path):
     """The loss fairseq-train reports at each validation is the loss fairseq-validate, a
     fresh process, computes from the checkpoint saved at that update: no state of an

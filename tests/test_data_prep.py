@@ -114,6 +114,7 @@ def test_multi30k_rerun_skips_finished_steps(m30k_raw, m30k_out, capsys):
     assert mtimes == {p: os.path.getmtime(os.path.join(root, p)) for root, _, files in os.walk(m30k_out) for p in files}
 
 
+@pytest.mark.slow
 def test_fairseq_train_accepts_data_bin(m30k_out):
     proc = subprocess.run(
         [os.path.join(BIN, "fairseq-train"), str(m30k_out / "data-bin"), "--arch", "transformer",

@@ -104,6 +104,7 @@ def test_an_earlier_runs_logs_moved_aside_are_not_read(tmp_path):
     assert series.values == [6.0, 5.0] and series.minutes == pytest.approx([0.75, 2.25])
 
 
+@pytest.mark.slow
 def test_plot_curves_command(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs / "resmlp_small", 1.7e9, [5.5, 4.25, 3.75], BLEU_TXT)

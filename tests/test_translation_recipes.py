@@ -89,6 +89,7 @@ def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):
     assert "BLEU = 100.00" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_averaging_is_the_mean(tiny_data_bin, tmp_path):
     save = tmp_path / "ckpt"
     run_cli("fairseq-train", tiny_data_bin, "--user-dir", USER_DIR, *TINY, "--optimizer", "adam", "--lr", "1e-3",
@@ -110,6 +111,7 @@ def test_checkpoint_averaging_is_the_mean(tiny_data_bin, tmp_path):
     assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 13
 
 
+@pytest.mark.slow
 def test_averaging_different_architectures_is_refused(tiny_data_bin, tmp_path, capsys):
     paths = []
     for layers in ("1", "2"):
@@ -123,6 +125,7 @@ def test_averaging_different_architectures_is_refused(tiny_data_bin, tmp_path, c
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, dropout", [("resmlp_wmt_en_de", 0.15), ("resmlp_wmt_en_fr", 0.1)])
 def test_hydra_configs_train_with_fairseq_hydra_train(tiny_data_bin, tmp_path, config, dropout):
     proc = run_cli("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "examples/translation/config"),
