@@ -128,7 +128,7 @@ class TokenMixing(Mixing):
         doubling: a step writes its row in place, and beam search's reorder (after every
         step) copies whole rows into a second, equally persistent buffer. Nothing of the
         cache's size is allocated per step: fresh tensors of that size cost page faults
-        that took longer than the arithmetic (and gathering along dim 1 is 4x slower).
+        that took longer than the arithmetic (and gathering along dim 1 is slower).
         Under autograd the cache is rebuilt functionally instead (no in-place writes).
         """
         cache = self.get_incremental_state(incremental_state, "inputs") or {}
