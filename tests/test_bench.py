@@ -16,6 +16,7 @@ SCRIPTS = {
     "mt_train.py": ("== MT training", "ratio resmlp/transformer training tokens/s [tiny]"),
     "mt_generate.py": ("== MT generation", "ratio resmlp/transformer beam-4 sentences/s [tiny]"),
     "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
+    "decode_step.py": ("== Decoding step", "relative step at t=60 vs t=4"),
 }
 
 
