@@ -378,7 +378,7 @@ def test_checkpoint_copies_are_atomic_under_a_simulated_kill(tmp_path, monkeypat
     dst.write_bytes(old)
     with pytest.raises(Killed):
         StockPathManager.copy(str(src), str(dst), overwrite=True)
-    assert dst.read_bytes() == new[: len(new) // 2]  # fairseq main: a truncated checkpoint_last.pt
+    stock_truncates = dst.read_bytes() == new[: len(new) // 2]  # fairseq main: a truncated checkpoint_last.pt
 
     dst.write_bytes(old)
     assert checkpoint_utils.PathManager is fairseq_compat._AtomicPathManager
@@ -389,6 +389,8 @@ def test_checkpoint_copies_are_atomic_under_a_simulated_kill(tmp_path, monkeypat
     monkeypatch.undo()
     assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == new and not list(tmp_path.glob("*.tmp"))
+    if not stock_truncates:
+        pytest.skip("stock control: the installed fairseq's PathManager.copy leaves the old file whole")
 
 
 def test_fairseq_checkpoint_writes_go_through_fsync_and_replace(tmp_path, monkeypatch):
@@ -450,14 +452,16 @@ def test_a_run_stopped_mid_epoch_exits_cleanly(tmp_path):
         return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True,
                               env={**os.environ, **ENV}, timeout=120)
 
-    stock = []  # the failure this guards against is real here (10 of 10 runs abort on this machine)
-    while len(stock) < 5 and not any(p.returncode == -signal.SIGABRT and "terminate called" in p.stderr
-                                     for p in stock):
-        stock.append(exit_status("stock"))
-    assert stock[-1].returncode == -signal.SIGABRT, [p.returncode for p in stock]
     for _ in range(3):
         proc = exit_status("plugin")
         assert proc.returncode == 0, proc.stderr[-2000:]
+    stock = []  # the control: the abort is real (10 of 10 runs on the machine this was written on)
+    while len(stock) < 5 and not any(p.returncode == -signal.SIGABRT and "terminate called" in p.stderr
+                                     for p in stock):
+        stock.append(exit_status("stock"))
+    if stock[-1].returncode != -signal.SIGABRT:
+        pytest.skip(f"stock control: fairseq did not abort at exit in {len(stock)} runs on this machine "
+                    f"(exit statuses {[p.returncode for p in stock]}), so the failure is not reproduced here")
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "zeros"])
