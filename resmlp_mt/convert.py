@@ -149,7 +149,7 @@ def fairseq_checkpoint(state_dict: dict, data: str, dataset: str = "imagefolder"
     fields = [f"--{k.replace('_', '-')}={v}" for k, v in config.items() if k not in ("num_classes", "in_chans")]
     args = options.parse_args_and_arch(options.get_training_parser(), [
         data, "--user-dir", USER_DIR, "--task", "image_classification", "--dataset", dataset,
-        "--arch", arch_name(config), *fields, "--criterion", "image_cross_entropy", "--optimizer", "lamb",
+        "--arch", arch_name(config), *fields, "--criterion", "image_cross_entropy", "--optimizer", "timm_lamb",
     ])
     cfg = convert_namespace_to_omegaconf(args)
     return {

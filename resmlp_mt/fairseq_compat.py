@@ -1,28 +1,35 @@
 """Small shims that make fairseq main (``ve-fairseq``) on torch >= 2.6 load, evaluate,
 save and resume reliably.
 
-All are applied when the plugin is imported (``--user-dir resmlp_mt``), so they
-serve every model and task the user runs with the plugin loaded, including
-fairseq's own Transformer.
+They are applied when the plugin is imported (``--user-dir resmlp_mt``), and one INFO
+line of the ``resmlp_mt.fairseq_compat`` logger names them (``SHIMS``, by the names in
+brackets below). ``RESMLP_NO_SHIM=name1,name2`` turns those off, ``RESMLP_NO_SHIM=all``
+every one, so that a problem can be reproduced on stock fairseq. A shim whose fix the
+installed fairseq already has is skipped, and the log line says so. Most serve every
+model run with the plugin loaded, fairseq's Transformer included (the README says why
+each); ``epoch_batches``, which changes what a resumed run trains on, serves only runs
+of the plugin's tasks or models (``is_plugin_run``).
 
-1. Checkpoint loading. fairseq checkpoints are pickles (configs, meters, optimizer
+1. Checkpoint loading [weights_only]. fairseq checkpoints are pickles (configs, meters, optimizer
    state), which torch >= 2.6's default ``weights_only=True`` loader refuses as soon as
    they hold anything but plain containers and tensors (e.g. the numpy arrays in the
    saved meters of an ``--eval-bleu`` run, or the ``argparse.Namespace`` of an older
    fairseq). fairseq's two loading paths (``checkpoint_utils`` for files,
    ``distributed.utils`` for a state broadcast from rank 0) get a ``torch`` whose
    ``load`` defaults to ``weights_only=False``. Nothing else in the process changes.
+   fairseq 3d262bb and later pass ``weights_only=False`` themselves: a module whose
+   loading function mentions ``weights_only`` is left alone (``_pickle_loaders``).
    Loading a pickle runs code from it: load only checkpoints you trust (see README,
    "Security"; ``resmlp_mt.safe_load`` reads tensors only).
 
-2. No silently dropped evaluation sentences. fairseq main's ``batch_by_size``
+2. No silently dropped evaluation sentences [last_batch]. fairseq main's ``batch_by_size``
    (commit d871f616) drops the last batch when its size is not a multiple of
    ``--required-batch-size-multiple``; ``fairseq-generate`` then skips up to 7
    sentences without a word. The batches are consecutive runs of ``indices``, so
    the dropped ones are exactly the tail; we give them back as a final batch
    (fairseq 0.12.2's behaviour, for training and evaluation alike).
 
-3. Checkpoint writes survive a kill. fairseq writes the first checkpoint file of a
+3. Checkpoint writes survive a kill [atomic_save]. fairseq writes the first checkpoint file of a
    save atomically (``.tmp`` + rename) but then *copies* it to ``checkpoint_last.pt``
    (and ``checkpoint_best.pt``, ...) with ``shutil.copyfile``, which truncates the
    destination first: a job killed during that copy (pre-emption, OOM killer, Ctrl-C
@@ -35,7 +42,7 @@ fairseq's own Transformer.
    used ``NAME.tmp``, shared by any two writers of ``NAME``), and one that an exception
    interrupts is removed. Remote (iopath) paths are left to fairseq.
 
-4. An unreadable checkpoint names itself. ``torch.load`` on a truncated or corrupt
+4. An unreadable checkpoint names itself [corrupt_checkpoint]. ``torch.load`` on a truncated or corrupt
    file raises "PytorchStreamReader failed reading zip archive", "Ran out of input"
    or a pickle error that does not say which file. fairseq's checkpoint loading
    re-raises these as ``CorruptCheckpointError`` naming the file, its size and the
@@ -43,7 +50,7 @@ fairseq's own Transformer.
    fall back to an older checkpoint on our own: with (3) a corrupt file is no longer
    an expected outcome of a kill, so it deserves a look before training goes on.
 
-5. A NaN/Inf gradient ends training with fairseq's own error. On non-finite
+5. A NaN/Inf gradient ends training with fairseq's own error [nan_detector]. On non-finite
    gradients (fp32, no ``--amp``) fairseq saves ``crash.pt``, re-runs the batch under
    its ``NanDetector`` to log the first module whose output is NaN/Inf, and re-raises
    ``FloatingPointError: gradients are Nan/Inf``. On torch 2 the detector's *non-full*
@@ -53,7 +60,7 @@ fairseq's own Transformer.
    only: the diagnosis is complete (forward outputs, then the dump of non-finite
    gradient norms) and the error is ``FloatingPointError`` again.
 
-6. Resuming in a later epoch trains on the same batches. fairseq main builds the
+6. Resuming in a later epoch trains on the same batches [epoch_batches]. fairseq main builds the
    training batches once per process, with the seed ``--seed + epoch`` of the epoch
    the process *starts* in, and reuses them in every later epoch (only their order is
    reshuffled per epoch). A fresh run therefore groups sentences into batches with
@@ -62,9 +69,10 @@ fairseq's own Transformer.
    drifts from the uninterrupted one. When the iterator is the cached, reused kind
    (the default: no ``--update-epoch-batch-itr``, no sharded data, no per-epoch
    rebuilding), the batches are built as in epoch 1, so a resumed run sees the very
-   batches of an uninterrupted one. Fresh runs are unchanged.
+   batches of an uninterrupted one. Fresh runs are unchanged, and so are runs of
+   fairseq's own models and tasks (a Transformer resumes as on stock fairseq).
 
-7. A finished run exits with status 0. fairseq prefetches batches on a daemon thread
+7. A finished run exits with status 0 [prefetch_exit]. fairseq prefetches batches on a daemon thread
    (``BufferedIterator``'s ``BackgroundConsumer``, ``--data-buffer-size``). A run that
    stops mid-epoch (``--max-update``) leaves it working, and when the interpreter shuts
    down while that thread frees a tensor, torch's deallocator cannot take the GIL back,
@@ -74,7 +82,7 @@ fairseq's own Transformer.
    status fails. At exit we tell live consumers to stop after the batch in hand,
    drain their queues and join them (at most ``PREFETCH_JOIN_TIMEOUT`` seconds).
 
-8. One training run per ``--save-dir``. Two runs started with the same directory wrote
+8. One training run per ``--save-dir`` [save_dir_lock]. Two runs started with the same directory wrote
    the same checkpoint names: one crashed on a temporary file the other had renamed,
    the other logged "Saved checkpoint_1_5.pt" over a file holding the first run's
    weights. When a training run (its rank 0) builds its ``Trainer``, before it loads or
@@ -87,15 +95,17 @@ fairseq's own Transformer.
    forks, which can outlive a killed parent by seconds. Holding it, the run removes the
    temporary files that killed runs left (3).
 
-9-10. ``usage_errors`` (one ``error:`` line for misuse: ``--fp16``/``--bf16`` on the
-   CPU, a checkpoint of another task or that does not fit) and ``interactive_lines``
-   (``fairseq-interactive`` reports an over-long line and translates the next ones).
+9-12. ``usage_errors`` (one ``error:`` line for misuse [one_line_errors]: ``--fp16``/
+   ``--bf16`` on the CPU [precision_check], a checkpoint of another task or that does not
+   fit [checkpoint_errors]) and ``interactive_lines`` (``fairseq-interactive`` reports an
+   over-long line and translates the next ones [interactive_lines]).
 """
 import atexit
 import contextlib
 import functools
 import glob
 import inspect
+import logging
 import os
 import pickle
 import queue
@@ -106,6 +116,7 @@ import socket
 import threading
 import time
 import types
+import weakref
 
 try:
     import fcntl
@@ -124,29 +135,45 @@ from fairseq.tasks import FairseqTask
 
 from . import interactive_lines, usage_errors
 
+logger = logging.getLogger(__name__)
+
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file that ``torch.load`` cannot read (truncated, empty, overwritten)."""
 
 
-class _TorchLoadingPickles(types.ModuleType):
-    """``torch`` as fairseq's checkpoint code sees it: ``load`` defaults to pickles."""
+class _CheckpointTorch(types.ModuleType):
+    """``torch`` as fairseq's checkpoint code sees it: ``load`` defaults to pickles (shim
+    ``weights_only``) and names an unreadable file (shim ``corrupt_checkpoint``)."""
 
     def __init__(self):
         super().__init__("torch")
+        self.pickles = False
+        self.names_corrupt = False
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def load(f, *args, weights_only=False, **kwargs):
+    def load(self, f, *args, **kwargs):
+        if self.pickles:
+            kwargs.setdefault("weights_only", False)
+        if not self.names_corrupt:
+            return torch.load(f, *args, **kwargs)
         try:
-            return torch.load(f, *args, weights_only=weights_only, **kwargs)
+            return torch.load(f, *args, **kwargs)
         except (EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
             path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
-            if weights_only or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-                raise  # a refused pickle, or an in-memory buffer (rank 0's broadcast)
+            refused = "Weights only load failed" in str(e)  # a pickle torch will not load, not a bad file
+            if refused or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+                raise  # or an in-memory buffer (rank 0's broadcast)
             raise CorruptCheckpointError(_corrupt_message(os.fspath(path), e)) from e
+
+
+def _checkpoint_torch(module) -> _CheckpointTorch:
+    """MODULE's ``torch``, made a ``_CheckpointTorch`` (with no shim on yet) if it is not one."""
+    if not isinstance(module.torch, _CheckpointTorch):
+        module.torch = _CheckpointTorch()
+    return module.torch
 
 
 def _corrupt_message(path: str, error: BaseException) -> str:
@@ -342,7 +369,7 @@ def _batches_as_in_epoch_one(get_batch_iterator):
             and not getattr(getattr(self, "cfg", None), "rebuild_batches", False)
             and self.can_reuse_epoch_itr(dataset)
         )
-        if epoch <= 1 or not reused or dataset in self.dataset_to_epoch_iter:
+        if epoch <= 1 or not reused or dataset in self.dataset_to_epoch_iter or not is_plugin_run(self):
             return get_batch_iterator(*call.args, **call.kwargs)
         arg["epoch"] = 1
         epoch_iter = get_batch_iterator(*call.args, **call.kwargs)
@@ -375,25 +402,139 @@ def _stop_prefetch_threads(timeout: float = PREFETCH_JOIN_TIMEOUT) -> None:
 _stop_prefetch_threads.resmlp_registered = False
 
 
-def apply() -> None:
-    """Idempotent: safe to call on every import of the plugin."""
-    for module in (checkpoint_utils, distributed_utils):
-        if not isinstance(module.torch, _TorchLoadingPickles):
-            module.torch = _TorchLoadingPickles()
+# Which runs the training-side shims serve ---------------------------------------------
+
+_plugin_tasks = weakref.WeakSet()  # tasks that built one of the plugin's models
+
+
+def mark_plugin_task(task) -> None:
+    """Called by the plugin's models when TASK builds them: TASK's run is a plugin run."""
+    with contextlib.suppress(TypeError):  # not weak-referenceable: a test's stand-in
+        _plugin_tasks.add(task)
+
+
+def is_plugin_run(task) -> bool:
+    """TASK is one of the plugin's, or built one of the plugin's models."""
+    return type(task).__module__.startswith(__package__ + ".") or task in _plugin_tasks
+
+
+# The shims, their names and switch ------------------------------------------------------
+
+SWITCH = "RESMLP_NO_SHIM"  # RESMLP_NO_SHIM=name1,name2 turns those off; RESMLP_NO_SHIM=all, every one
+
+
+def _source_has(function, text: str) -> bool:
+    try:
+        return text in inspect.getsource(function)
+    except (OSError, TypeError):  # no source installed: assume the fix is not there
+        return False
+
+
+def _pickle_loaders():
+    """fairseq's modules whose ``torch.load`` calls still need ``weights_only=False``:
+    fairseq 3d262bb and later pass it themselves."""
+    loaders = ((checkpoint_utils, checkpoint_utils.load_checkpoint_to_cpu),
+               (distributed_utils, getattr(distributed_utils, "_broadcast_object_slow", None)))
+    return [module for module, function in loaders if not _source_has(function, "weights_only")]
+
+
+def _apply_weights_only() -> None:
+    for module in _pickle_loaders():
+        _checkpoint_torch(module).pickles = True
+
+
+def _apply_corrupt_checkpoint() -> None:
+    _checkpoint_torch(checkpoint_utils).names_corrupt = True
+
+
+def _apply_last_batch() -> None:
     if not getattr(data_utils.batch_by_size, "resmlp_keeps_last_batch", False):
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
+
+
+def _apply_atomic_save() -> None:
     if not getattr(checkpoint_utils.PathManager, "resmlp_atomic", False):
         checkpoint_utils.PathManager = _AtomicPathManager
-    if not issubclass(fairseq_trainer.NanDetector, _ForwardNanDetector):
-        fairseq_trainer.NanDetector = _ForwardNanDetector
-    if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
-        FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
     if not getattr(checkpoint_utils.torch_persistent_save, "resmlp_unique_tmp", False):
         checkpoint_utils.torch_persistent_save = _unique_tmp_save(checkpoint_utils.torch_persistent_save)
-    if not getattr(fairseq_trainer.Trainer.__init__, "resmlp_locks_save_dir", False):
-        fairseq_trainer.Trainer.__init__ = _locking_save_dir(fairseq_trainer.Trainer.__init__)
-    usage_errors.apply()
-    interactive_lines.apply()
+
+
+def _apply_nan_detector() -> None:
+    if not issubclass(fairseq_trainer.NanDetector, _ForwardNanDetector):
+        fairseq_trainer.NanDetector = _ForwardNanDetector
+
+
+def _apply_epoch_batches() -> None:
+    if not getattr(FairseqTask.get_batch_iterator, "resmlp_epoch_one_batches", False):
+        FairseqTask.get_batch_iterator = _batches_as_in_epoch_one(FairseqTask.get_batch_iterator)
+
+
+def _apply_prefetch_exit() -> None:
     if not _stop_prefetch_threads.resmlp_registered:
         atexit.register(_stop_prefetch_threads)
         _stop_prefetch_threads.resmlp_registered = True
+
+
+def _apply_save_dir_lock() -> None:
+    if not getattr(fairseq_trainer.Trainer.__init__, "resmlp_locks_save_dir", False):
+        fairseq_trainer.Trainer.__init__ = _locking_save_dir(fairseq_trainer.Trainer.__init__)
+
+
+SHIMS = {  # name -> (apply, "the installed fairseq has the fix"); in the order of the docstring
+    "weights_only": (_apply_weights_only, lambda: not _pickle_loaders()),
+    "corrupt_checkpoint": (_apply_corrupt_checkpoint, None),
+    "last_batch": (_apply_last_batch, None),
+    "atomic_save": (_apply_atomic_save, None),
+    "nan_detector": (_apply_nan_detector, None),
+    "epoch_batches": (_apply_epoch_batches, None),
+    "prefetch_exit": (_apply_prefetch_exit, None),
+    "save_dir_lock": (_apply_save_dir_lock, None),
+    "one_line_errors": (usage_errors.apply_one_line_errors, None),
+    "precision_check": (usage_errors.apply_precision_check, None),
+    "checkpoint_errors": (usage_errors.apply_checkpoint_errors, None),
+    "interactive_lines": (interactive_lines.apply, None),
+}
+
+
+def switched_off() -> set:
+    """The shims ``RESMLP_NO_SHIM`` names (``all``: every one); an unknown name is warned about."""
+    names = {n.strip() for n in os.environ.get(SWITCH, "").split(",") if n.strip()}
+    if "all" in names:
+        return set(SHIMS)
+    unknown = sorted(names - set(SHIMS))
+    if unknown:
+        logger.warning(f"{SWITCH}: no shim named {', '.join(unknown)}; the names are: all, {', '.join(SHIMS)}")
+    return names & set(SHIMS)
+
+
+_logged = []
+
+
+def apply() -> dict:
+    """Apply every shim that is not switched off nor fixed in the installed fairseq, and log
+    which, once. Idempotent: safe to call on every import of the plugin. Returns
+    {"active": [...], "off": [...], "upstream": [...]}, names in ``SHIMS`` order."""
+    off = switched_off()
+    report = {"active": [], "off": [], "upstream": []}
+    for name, (apply_shim, fixed_upstream) in SHIMS.items():
+        if name in off:
+            report["off"].append(name)
+        elif fixed_upstream is not None and fixed_upstream():
+            report["upstream"].append(name)
+        else:
+            apply_shim()
+            report["active"].append(name)
+    if report not in _logged:
+        _logged.append(report)
+        logger.info(log_line(report))
+    return report
+
+
+def log_line(report: dict) -> str:
+    """One line a bug report can quote: what the plugin changed in fairseq, and what not."""
+    line = f"fairseq shims active: {', '.join(report['active']) or 'none'}"
+    if report["off"]:
+        line += f"; off ({SWITCH}): {', '.join(report['off'])}"
+    if report["upstream"]:
+        line += f"; skipped, the installed fairseq has the fix: {', '.join(report['upstream'])}"
+    return line

@@ -167,12 +167,21 @@ def _naming_unfit_checkpoint(load_checkpoint):
     return wrapper
 
 
-def apply() -> None:
-    """Idempotent (see ``fairseq_compat.apply``)."""
+def apply_one_line_errors() -> None:
+    """Shim ``one_line_errors``: an uncaught ``UsageError`` prints as one line. Idempotent."""
     if not getattr(sys.excepthook, "resmlp_one_line", False):
         sys.excepthook = _one_line_hook(sys.excepthook)
+
+
+def apply_precision_check() -> None:
+    """Shim ``precision_check``: the trainer refuses --fp16/--bf16 without a GPU. Idempotent."""
     if not getattr(Trainer.__init__, "resmlp_checks_precision", False):
         Trainer.__init__ = _checking_precision(Trainer.__init__)
+
+
+def apply_checkpoint_errors() -> None:
+    """Shim ``checkpoint_errors``: a checkpoint of another task, or that does not fit, says so.
+    Idempotent."""
     if not getattr(Trainer.load_checkpoint, "resmlp_names_unfit_checkpoint", False):
         Trainer.load_checkpoint = _naming_unfit_checkpoint(Trainer.load_checkpoint)
     if not getattr(checkpoint_utils.load_model_ensemble_and_task, "resmlp_names_wrong_task", False):

@@ -74,14 +74,15 @@ def test_evaluation_batches_cover_every_sentence(tiny_data_bin, split, size):
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
     task.load_dataset(split)
     dataset = task.dataset(split)
-    stock = data_utils.batch_by_size.__wrapped__(  # fairseq's own function, before the plugin's fix
-        dataset.ordered_indices(), dataset.num_tokens, max_sentences=8, required_batch_size_multiple=8)
-    assert sum(len(b) for b in stock) < size
     for max_sentences in (8, 5, 3):
         itr = task.get_batch_iterator(task.dataset(split), max_sentences=max_sentences,
                                       required_batch_size_multiple=8).next_epoch_itr(shuffle=False)
         seen = sorted(i for batch in itr for i in batch["id"].tolist())
         assert seen == list(range(size)), (max_sentences, seen)
+    stock = data_utils.batch_by_size.__wrapped__(  # fairseq's own function, before the plugin's fix
+        dataset.ordered_indices(), dataset.num_tokens, max_sentences=8, required_batch_size_multiple=8)
+    if sum(len(b) for b in stock) == size:
+        pytest.skip("stock control: the installed fairseq's batch_by_size keeps the last batch itself")
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def train(data, save_dir, *extra):
         "fairseq-train", data, "--user-dir", USER_DIR, "--task", "image_classification", *TINY,
         "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25",
         "--criterion", "image_cross_entropy", "--mixup", "0.8", "--cutmix", "1.0", "--label-smoothing", "0.1",
-        "--optimizer", "lamb", "--lr", "5e-3", "--weight-decay", "0.2",
+        "--optimizer", "timm_lamb", "--lr", "5e-3", "--weight-decay", "0.2",
         "--lr-scheduler", "cosine", "--warmup-updates", "2", "--max-update", "100", "--max-epoch", "2",
         "--batch-size", "4", "--seed", "7", "--cpu", "--save-dir", save_dir,
         "--log-format", "simple", "--log-interval", "1", *extra,

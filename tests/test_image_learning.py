@@ -18,7 +18,7 @@ def test_fashion_mnist_85_percent_in_three_epochs(tmp_path):
     out = run_cli(
         "fairseq-train", FASHION_MNIST, "--user-dir", USER_DIR, "--task", "image_classification",
         "--dataset", "fashion-mnist", "--arch", "resmlp_tiny_28", "--no-augment",
-        "--criterion", "image_cross_entropy", "--optimizer", "lamb", "--lr", "1.5e-2", "--weight-decay", "0.05",
+        "--criterion", "image_cross_entropy", "--optimizer", "timm_lamb", "--lr", "1.5e-2", "--weight-decay", "0.05",
         "--lr-scheduler", "cosine", "--warmup-updates", "50", "--max-update", "1407",
         "--batch-size", "128", "--num-workers", "1", "--disable-validation",
         "--seed", "1", "--cpu", "--no-epoch-checkpoints", "--save-dir", tmp_path,

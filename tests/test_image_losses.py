@@ -105,10 +105,10 @@ def test_mixup_cutmix_soft_targets_seeded_by_torch(image_folder_tree):  # noqa: 
     assert torch.equal(sample["net_input"]["images"], original)  # the batch itself is not mixed in place
 
 
-def test_lamb_is_timms_without_decay_on_vectors():
-    assert OPTIMIZER_REGISTRY["lamb"] is TimmLamb
+def test_timm_lamb_is_timms_without_decay_on_vectors():
+    assert OPTIMIZER_REGISTRY["timm_lamb"] is TimmLamb
     model = student()
-    cfg = OmegaConf.create({"_name": "lamb", "lr": [0.01], "weight_decay": 0.2})  # as fairseq's config has it
+    cfg = OmegaConf.create({"_name": "timm_lamb", "lr": [0.01], "weight_decay": 0.2})  # as fairseq's config has it
     optimizer = build_optimizer(cfg, list(model.parameters()))
     assert isinstance(optimizer.optimizer, timm.optim.Lamb)
     decayed, plain = optimizer.param_groups

@@ -38,7 +38,7 @@ def image_args(data, save_dir, max_update, *extra, augment=True, schedule=("cosi
     recipe = (["--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
                "--drop-path", "0.1"] if augment else ["--no-augment"])
     return [str(data), "--user-dir", USER_DIR, *TINY, *recipe, "--criterion", "image_cross_entropy",
-            "--label-smoothing", "0.1", "--optimizer", "lamb", "--lr", "5e-3", "--weight-decay", "0.2",
+            "--label-smoothing", "0.1", "--optimizer", "timm_lamb", "--lr", "5e-3", "--weight-decay", "0.2",
             "--lr-scheduler", *schedule, "--warmup-updates", "2", "--max-update", str(max_update),
             "--batch-size", "4", "--seed", "5", "--cpu", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
             "--log-format", "simple", "--log-interval", "1", "--num-workers", "0", *map(str, extra)]

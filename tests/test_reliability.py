@@ -333,13 +333,16 @@ def test_kills_mid_write_and_at_random_then_resume_exactly(tiny_data_bin, refere
 
 
 def test_a_run_resumed_in_epoch_two_gets_the_batches_of_epoch_one(tiny_data_bin):
-    """fairseq main builds a process's batches with --seed + the epoch it starts in (shim 6)."""
+    """fairseq main builds a process's batches with --seed + the epoch it starts in (shim 6,
+    epoch_batches); the plugin's fix serves runs of its models, not fairseq's Transformer."""
 
-    def batches(epoch, get_batch_iterator=None):
+    def batches(epoch, model=("--arch", "resmlp_small"), get_batch_iterator=None):
         args = options.parse_args_and_arch(options.get_training_parser(), [
-            str(tiny_data_bin), "--user-dir", USER_DIR, "--arch", "resmlp_small", "--max-tokens", "400"])
-        task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+            str(tiny_data_bin), "--user-dir", USER_DIR, *model, "--max-tokens", "400"])
+        cfg = convert_namespace_to_omegaconf(args)
+        task = tasks.setup_task(cfg.task)
         task.load_dataset("train")
+        task.build_model(cfg.model)  # as fairseq-train does before it asks for batches
         get = get_batch_iterator or type(task).get_batch_iterator
         itr = get(task, dataset=task.dataset("train"), max_tokens=400, seed=3, epoch=epoch)
         return [b.tolist() for b in itr.frozen_batches], itr.epoch
@@ -347,8 +350,13 @@ def test_a_run_resumed_in_epoch_two_gets_the_batches_of_epoch_one(tiny_data_bin)
     fresh, _ = batches(1)
     resumed, epoch = batches(2)
     assert epoch == 2 and resumed == fresh
-    stock, _ = batches(2, FairseqTask.get_batch_iterator.__wrapped__)
-    assert sorted(map(len, stock)) == sorted(map(len, fresh)) and stock != fresh
+    stock, _ = batches(2, get_batch_iterator=FairseqTask.get_batch_iterator.__wrapped__)
+    transformer = ("--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+                   "--encoder-embed-dim", "16", "--decoder-embed-dim", "16")
+    assert batches(2, transformer) == (stock, 2)  # fairseq's model: fairseq's batches
+    if stock == fresh:
+        pytest.skip("stock control: fairseq's own batches of epoch 2 equal those of epoch 1 here")
+    assert sorted(map(len, stock)) == sorted(map(len, fresh))
 
 
 def test_checkpoint_copies_are_atomic_under_a_simulated_kill(tmp_path, monkeypatch):
@@ -370,7 +378,7 @@ def test_checkpoint_copies_are_atomic_under_a_simulated_kill(tmp_path, monkeypat
     dst.write_bytes(old)
     with pytest.raises(Killed):
         StockPathManager.copy(str(src), str(dst), overwrite=True)
-    assert dst.read_bytes() == new[: len(new) // 2]  # fairseq main: a truncated checkpoint_last.pt
+    stock_truncates = dst.read_bytes() == new[: len(new) // 2]  # fairseq main: a truncated checkpoint_last.pt
 
     dst.write_bytes(old)
     assert checkpoint_utils.PathManager is fairseq_compat._AtomicPathManager
@@ -381,6 +389,8 @@ def test_checkpoint_copies_are_atomic_under_a_simulated_kill(tmp_path, monkeypat
     monkeypatch.undo()
     assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == new and not list(tmp_path.glob("*.tmp"))
+    if not stock_truncates:
+        pytest.skip("stock control: the installed fairseq's PathManager.copy leaves the old file whole")
 
 
 def test_fairseq_checkpoint_writes_go_through_fsync_and_replace(tmp_path, monkeypatch):
@@ -442,14 +452,16 @@ def test_a_run_stopped_mid_epoch_exits_cleanly(tmp_path):
         return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True,
                               env={**os.environ, **ENV}, timeout=120)
 
-    stock = []  # the failure this guards against is real here (10 of 10 runs abort on this machine)
-    while len(stock) < 5 and not any(p.returncode == -signal.SIGABRT and "terminate called" in p.stderr
-                                     for p in stock):
-        stock.append(exit_status("stock"))
-    assert stock[-1].returncode == -signal.SIGABRT, [p.returncode for p in stock]
     for _ in range(3):
         proc = exit_status("plugin")
         assert proc.returncode == 0, proc.stderr[-2000:]
+    stock = []  # the control: the abort is real (10 of 10 runs on the machine this was written on)
+    while len(stock) < 5 and not any(p.returncode == -signal.SIGABRT and "terminate called" in p.stderr
+                                     for p in stock):
+        stock.append(exit_status("stock"))
+    if stock[-1].returncode != -signal.SIGABRT:
+        pytest.skip(f"stock control: fairseq did not abort at exit in {len(stock)} runs on this machine "
+                    f"(exit statuses {[p.returncode for p in stock]}), so the failure is not reproduced here")
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "zeros"])

@@ -28,7 +28,7 @@ echo "== training resmlp_tiny_28 for $EPOCHS epochs, at most $MINUTES minutes (l
 # reported below is the last checkpoint's, not the best epoch's.
 fairseq-train "$DATA" --user-dir "$USER_DIR" --task image_classification --dataset fashion-mnist \
     --arch resmlp_tiny_28 --no-augment \
-    --criterion image_cross_entropy --optimizer lamb --lr 1.5e-2 --weight-decay 0.05 \
+    --criterion image_cross_entropy --optimizer timm_lamb --lr 1.5e-2 --weight-decay 0.05 \
     --lr-scheduler cosine --warmup-updates 50 --max-update $((EPOCHS * 469)) --max-epoch "$EPOCHS" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
     --batch-size 128 --num-workers 1 --valid-subset test --tensorboard-logdir "$WORK/tensorboard" \

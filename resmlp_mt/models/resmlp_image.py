@@ -18,6 +18,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from torch import Tensor, nn
 
+from .. import fairseq_compat
 from ..modules import Affine, ResMLPBlock
 
 # name -> what it sets (img_size is the task's --img-size); the rest keep the config's defaults.
@@ -104,6 +105,7 @@ class ResMLPImageModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: ResMLPImageConfig, task):
+        fairseq_compat.mark_plugin_task(task)  # its batches: see fairseq_compat, epoch_batches
         if not task.cfg.img_size:
             raise ValueError("no image resolution: pass --img-size (the resmlp_* archs set it)")
         config = {name: getattr(cfg, name) for name in CONFIG_FIELDS}

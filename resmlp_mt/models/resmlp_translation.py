@@ -63,6 +63,7 @@ from fairseq.models.transformer import Embedding
 from fairseq.modules import FairseqDropout, MultiheadAttention
 from torch import Tensor, nn
 
+from .. import fairseq_compat
 from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
 from ..usage_errors import CheckpointMismatchError
@@ -332,6 +333,7 @@ class ResMLPModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: ResMLPTranslationConfig, task):
+        fairseq_compat.mark_plugin_task(task)  # its batches: see fairseq_compat, epoch_batches
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         encoder_embed = Embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
         if cfg.share_all_embeddings:

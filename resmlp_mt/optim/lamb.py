@@ -1,16 +1,18 @@
-"""``--optimizer lamb``: timm's LAMB, the optimizer of DeiT and ResMLP, for fairseq.
+"""``--optimizer timm_lamb``: timm's LAMB, the optimizer of DeiT and ResMLP, for fairseq.
 
-fairseq's own ``lamb`` wraps NVIDIA apex's FusedLAMB (CUDA only, and apex is not a
-dependency here); the plugin registers timm's in its place. As in DeiT (timm's
-``param_groups_weight_decay``), parameters with at most one dimension (biases, Aff's
-alpha/beta, LayerScale's gamma) get no weight decay, and thereby no layer-wise trust
-ratio either: timm's LAMB adapts only where it decays.
+fairseq's own ``--optimizer lamb`` wraps NVIDIA apex's FusedLAMB (CUDA only, and apex is
+not a dependency here). timm's is registered under its own name and fairseq's is left as
+it is: the two clip and decay differently (timm's clips the global gradient norm to
+``--lamb-max-grad-norm`` and leaves vectors undecayed), so a run must say which it
+means. As in DeiT (timm's ``param_groups_weight_decay``), parameters with at most one
+dimension (biases, Aff's alpha/beta, LayerScale's gamma) get no weight decay, and
+thereby no layer-wise trust ratio either: timm's LAMB adapts only where it decays.
 """
 from dataclasses import dataclass, field
 from typing import Any, List
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.optim import OPTIMIZER_REGISTRY, FairseqOptimizer, register_optimizer
+from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 from timm.optim import Lamb
 
@@ -26,10 +28,7 @@ class LambConfig(FairseqDataclass):
     lr: List[float] = II("optimization.lr")
 
 
-OPTIMIZER_REGISTRY.pop("lamb", None)  # fairseq's apex-only FusedLAMB
-
-
-@register_optimizer("lamb", dataclass=LambConfig)
+@register_optimizer("timm_lamb", dataclass=LambConfig)
 class TimmLamb(FairseqOptimizer):
     def __init__(self, cfg: LambConfig, params):
         super().__init__(cfg)
