@@ -96,9 +96,9 @@ class ResMLPBlock(nn.Module):
         gamma = self.ls1.gamma
         n = scaled_norm(self.norm1, x, gamma)
         if fused:
-            x = self.token_mixing.mix(n, padding_mask, incremental_state, bias_scale=gamma, residual=x)
+            x = self.token_mixing(n, padding_mask, incremental_state, bias_scale=gamma, residual=x)
         else:
-            x = self._residual(x, self.token_mixing.mix(n, padding_mask, incremental_state, bias_scale=gamma))
+            x = self._residual(x, self.token_mixing(n, padding_mask, incremental_state, bias_scale=gamma))
         if self.cross_attention is not None:
             attended, _ = self.cross_attention(
                 query=self.norm_cross(x),

@@ -19,11 +19,14 @@ class Mixing(nn.Module):
     which the output is added to (by the GEMM where it can)."""
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
-                incremental_state: Optional[IncrementalState] = None) -> Tensor:
+                incremental_state: Optional[IncrementalState] = None, *,
+                bias_scale: Optional[Tensor] = None, residual: Optional[Tensor] = None) -> Tensor:
         """The paper's layer: x ``(L, B, C)`` time-first; padding_mask ``(B, L)``, True at
         (right-)padded positions; with an ``incremental_state`` (causal only), x holds the
-        new positions after the cached ones."""
-        return self.mix(x, padding_mask, incremental_state)
+        new positions after the cached ones. The keyword-only extras are the block's (see
+        ``mix``); the block calls the module itself so that forward hooks (fairseq's
+        NanDetector, profilers) see token mixing."""
+        return self.mix(x, padding_mask, incremental_state, bias_scale, residual)
 
     def mix(self, x: Tensor, padding_mask: Optional[Tensor] = None,
             incremental_state: Optional[IncrementalState] = None, bias_scale: Optional[Tensor] = None,
