@@ -137,8 +137,8 @@ def beam_decoding(args, model, steps: int):
 
 
 def step_medians(runs: list, prefixes) -> dict:
-    """For each t, the median over decodings of the steps t-2 .. t+2."""
-    return {t: median([s for run in runs for s in run[max(t - 2, 0) : t + 3]]) for t in prefixes}
+    """For each t, the median over decodings of the steps t-4 .. t+4."""
+    return {t: median([s for run in runs for s in run[max(t - 4, 0) : t + 5]]) for t in prefixes}
 
 
 def decoder_steps(args, size: str, model, prefixes):
