@@ -7,7 +7,9 @@
 # DATA is resmlp-prep-multi30k's output (data-bin/, test.raw.*); OUT receives train.log,
 # checkpoints/, tensorboard/ (--tensorboard-logdir), generate-test.txt, bleu.txt and model.txt
 # (the checkpoint scored). Settings (environment): PAIR, MINUTES, MAX_UPDATE (0: no limit), LR,
-# WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; AVERAGE=N (default 0) saves a checkpoint
+# WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; JOINED_PAIRS=F (default 0) adds F x the
+# training set as pairs of consecutive training pairs joined into one (--task translation_joined);
+# AVERAGE=N (default 0) saves a checkpoint
 # every SAVE_EVERY (default 100) updates and translates with the average of the last N-1 of
 # them and the final one (resmlp-average-checkpoints).
 set -euo pipefail
@@ -34,10 +36,13 @@ AVERAGE=${AVERAGE:-0}
 save_args=(--no-epoch-checkpoints)
 [ "$AVERAGE" -gt 1 ] && save_args+=(--save-interval-updates "${SAVE_EVERY:-100}" --keep-interval-updates $((AVERAGE - 1)))
 
-echo "== training for at most $MINUTES minutes: $* (log: $OUT/train.log)"
+task_args=(--task translation)
+[ "${JOINED_PAIRS:-0}" != 0 ] && task_args=(--task translation_joined --joined-pairs "$JOINED_PAIRS")
+
+echo "== training for at most $MINUTES minutes: ${task_args[*]} $* (log: $OUT/train.log)"
 start=$(date +%s)
 fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
-    --task translation --source-lang "$SRC" --target-lang "$TGT" "$@" \
+    "${task_args[@]}" --source-lang "$SRC" --target-lang "$TGT" "$@" \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${LR:-1.5e-3}" \
     --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-300}" --warmup-init-lr 1e-7 --weight-decay 0.0001 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
