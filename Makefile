@@ -49,8 +49,10 @@ demo-image: $(STAMP) fashion-mnist
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two pytest workers (pytest-xdist), one thread each: most tests start single-threaded
+# fairseq processes, so one worker alone leaves a core idle. --durations lists the slowest.
 test: $(STAMP) fashion-mnist lint
-	$(PY) -m pytest -q -rs tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -rs -n $(THREADS) --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
