@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 
-from resmlp_mt.modules import ResMLPBlock, gelu_linear
+from resmlp_mt.modules import ResMLPBlock
+from resmlp_mt.modules.folding import fold_mlp, folded_mlp, gelu_linear, scaled_norm
 
 torch.manual_seed(0)
 DIM, TOKENS = 12, 9
@@ -79,6 +80,22 @@ def test_folded_causal_block_steps_incrementally_as_the_full_pass():
         state = {}
         steps = [block(x[t : t + 1], incremental_state=state, encoder_out=enc) for t in range(6)]
         torch.testing.assert_close(torch.cat(steps), reference(block, x, encoder_out=enc), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["affine", "layernorm"])
+def test_folds_match_the_modules(norm):
+    """Each fold alone: scaled_norm is the norm times a scale, fold_mlp's weights through
+    folded_mlp give the MLP scaled by gamma, with and without a residual."""
+    block = randomise(ResMLPBlock(DIM, TOKENS, norm=norm)).eval()
+    x, residual = torch.randn(TOKENS, 4, DIM, dtype=torch.float64), torch.randn(TOKENS, 4, DIM, dtype=torch.float64)
+    block.double()
+    gamma = block.ls2.gamma
+    with torch.no_grad():
+        torch.testing.assert_close(scaled_norm(block.norm1, x, gamma), block.norm1(x) * gamma)
+        plain = block.mlp(block.norm2(x)) * gamma
+        folded = fold_mlp(block.norm2, block.mlp.fc1, block.mlp.fc2, gamma)
+        torch.testing.assert_close(folded_mlp(x, block.norm2, folded), plain)
+        torch.testing.assert_close(folded_mlp(x, block.norm2, folded, residual), residual + plain)
 
 
 def test_gelu_linear_gradients_in_double_precision():

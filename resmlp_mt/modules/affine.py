@@ -1,7 +1,6 @@
 """Aff: the per-channel affine map that ResMLP uses instead of LayerNorm."""
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 
 class Affine(nn.Module):
@@ -9,7 +8,7 @@ class Affine(nn.Module):
 
     It normalises nothing: ResMLP (Touvron et al., 2021, Sec. 2) shows that with
     LayerScale a plain rescaling is enough, and unlike LayerNorm it costs no
-    reduction and can be folded into the next linear layer at inference.
+    reduction and can be folded into the next linear layer (``folding.py``).
     Identity at initialisation (alpha = 1, beta = 0).
     """
 
@@ -33,12 +32,3 @@ def make_norm(kind: str, dim: int) -> nn.Module:
         return nn.LayerNorm(dim)
     raise ValueError(f"unknown norm {kind!r}: expected 'affine' or 'layernorm'")
 
-
-def scaled_norm(norm: nn.Module, x: Tensor, scale: Tensor) -> Tensor:
-    """``norm(x) * scale`` (a per-channel scale, e.g. LayerScale's gamma) in one op: the
-    scale folds into Aff's alpha and beta, or into LayerNorm's weight and bias."""
-    if isinstance(norm, Affine):
-        return torch.addcmul(norm.beta * scale, norm.alpha * scale, x)
-    if isinstance(norm, nn.LayerNorm):
-        return F.layer_norm(x, norm.normalized_shape, norm.weight * scale, norm.bias * scale, norm.eps)
-    return norm(x) * scale

@@ -2,13 +2,12 @@
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
-from .affine import Affine, make_norm, scaled_norm
-from .gelu_linear import gelu_linear
+from . import folding
+from .affine import make_norm
 from .layer_scale import LayerScale
 from .relative_token_mixing import RelativeTokenMixing
 from .token_mixing import IncrementalState, TokenMixing
@@ -36,15 +35,12 @@ class ResMLPBlock(nn.Module):
     token mixing. Inputs are time-first ``(L, B, C)``.
 
     The parameters are the paper's (and timm's: ``norm1``, ``token_mixing``, ``ls1``,
-    ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``ls2``), but the arithmetic is folded: each
-    LayerScale gamma multiplies the small weights of its branch instead of the
-    activations (into the norm before token mixing, since A mixes positions and gamma
-    scales channels; into ``fc2`` in the MLP), an Aff before the MLP folds into ``fc1``,
-    and ``gelu(h)`` is recomputed in the backward pass rather than kept. The result is
-    the same to float rounding (``tests/test_block_fusion.py`` checks outputs and
-    gradients against the plain sequence of modules) with two to three fewer
-    activation-sized passes and 5 to 6 fewer activations of width d kept per token
-    per block for training.
+    ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``ls2``), but ``forward``'s arithmetic is folded
+    (``folding.py``: LayerScale and Aff into small weights, residuals added by the GEMMs,
+    ``gelu(h)`` recomputed in the backward pass): the same to float rounding as
+    ``plain_forward``, the paper's sequence of modules (``tests/test_block_fusion.py``
+    checks outputs and gradients), with two to three fewer activation-sized passes and 5
+    to 6 fewer activations of width d kept per token per block for training.
     """
 
     def __init__(
@@ -94,7 +90,7 @@ class ResMLPBlock(nn.Module):
         fused = not self.training or (self.dropout.p == 0 and isinstance(self.drop_path, nn.Identity))
         fused = fused and not torch.is_autocast_enabled(x.device.type)
         gamma = self.ls1.gamma
-        n = scaled_norm(self.norm1, x, gamma)
+        n = folding.scaled_norm(self.norm1, x, gamma)
         if fused:
             x = self.token_mixing(n, padding_mask, incremental_state, bias_scale=gamma, residual=x)
         else:
@@ -129,25 +125,17 @@ class ResMLPBlock(nn.Module):
 
     def mlp_branch(self, x: Tensor, residual: Optional[Tensor] = None,
                    incremental_state: Optional[IncrementalState] = None) -> Tensor:
-        """``residual + ls2(mlp(norm2(x)))``, folded: gamma into fc2, an Aff norm into fc1.
-
-        Folding writes two weight-sized tensors (d x hidden each); scaling the activations
-        instead costs token-sized passes. So a pass over fewer tokens than the MLP has
-        hidden units (an image at batch 1) runs the modules as they are, unless it is a
-        decoding step, which reuses its decoding's fold."""
-        if incremental_state is None and x.numel() < x.size(-1) * self.mlp.fc1.out_features:
+        """``residual + ls2(mlp(norm2(x)))`` (no residual: the branch alone): folded where the
+        fold pays for itself (``folding.mlp_fold_pays``) and in decoding steps, which reuse
+        their decoding's fold; otherwise the modules as they are."""
+        if incremental_state is None and not folding.mlp_fold_pays(x, self.mlp.fc1):
             out = self.mlp(self.norm2(x))
             return self.ls2(out) if residual is None else torch.addcmul(residual, self.ls2.gamma, out)
-        w1, b1, w2, b2 = self._folded_mlp(incremental_state)
-        h = F.linear(x if isinstance(self.norm2, Affine) else self.norm2(x), w1, b1)
-        if self.training and self.mlp.drop1.p > 0:  # dropout between GELU and fc2: keep its output
-            out = F.linear(self.mlp.drop1(F.gelu(h)), w2, b2)
-            return out if residual is None else residual + out
-        return gelu_linear(h, w2, b2, residual)
+        dropout = self.mlp.drop1 if self.training and self.mlp.drop1.p > 0 else None
+        return folding.folded_mlp(x, self.norm2, self._folded_mlp(incremental_state), residual, dropout)
 
     def _folded_mlp(self, incremental_state: Optional[IncrementalState] = None):
-        """fc1 and fc2 with the Aff norm before them and LayerScale after them folded in:
-        ``fc1(alpha * x + beta) = x (W1 alpha)^T + (b1 + W1 beta)``, ``gamma * fc2(g) = g (gamma W2)^T + gamma b2``.
+        """``folding.fold_mlp`` of this block's weights.
 
         Folding costs d x hidden multiply-adds, as much as the MLP itself on one token, so a
         decoding (an ``incremental_state`` without autograd) folds at its first step and
@@ -159,11 +147,7 @@ class ResMLPBlock(nn.Module):
             cached = self.get_incremental_state(incremental_state, "folded_mlp")
             if cached is not None:
                 return cached["w1"], cached["b1"], cached["w2"], cached["b2"]
-        fc1, fc2, gamma = self.mlp.fc1, self.mlp.fc2, self.ls2.gamma
-        w1, b1 = fc1.weight, fc1.bias
-        if isinstance(self.norm2, Affine):
-            w1, b1 = w1 * self.norm2.alpha, torch.addmv(b1, w1, self.norm2.beta)
-        w2, b2 = fc2.weight * gamma[:, None], fc2.bias * gamma
+        w1, b1, w2, b2 = folding.fold_mlp(self.norm2, self.mlp.fc1, self.mlp.fc2, self.ls2.gamma)
         if decoding:
             self.set_incremental_state(incremental_state, "folded_mlp", {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
         return w1, b1, w2, b2

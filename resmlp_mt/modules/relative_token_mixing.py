@@ -71,8 +71,8 @@ class RelativeTokenMixing(Mixing):
         bias_scale: Optional[Tensor] = None,
         residual: Optional[Tensor] = None,
     ) -> Tensor:
-        """As :meth:`TokenMixing.mix`: padding_mask ``(B, L)`` marks right padding;
-        ``bias_scale`` (C,) scales the output the caller folded into ``x``; ``residual`` is added."""
+        """As :meth:`Mixing.forward`: padding_mask ``(B, L)`` marks right padding; the bias
+        is scaled by ``bias_scale``; ``residual`` is added."""
         bias = self.bias if bias_scale is None else self.bias * bias_scale
         if incremental_state is not None and self.causal:
             return self._step(x, incremental_state, bias, residual)

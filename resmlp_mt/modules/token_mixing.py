@@ -5,6 +5,8 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
+from .folding import addmm_into
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
@@ -14,18 +16,19 @@ class SequenceTooLongError(ValueError):
 
 class Mixing(nn.Module):
     """What both token mixings share: the paper's call, ``forward(x, padding_mask,
-    incremental_state)``, and ``mix``, the same with two extras for the block's folded
-    arithmetic: ``bias_scale``, LayerScale's gamma folded into ``x``, and ``residual``,
-    which the output is added to (by the GEMM where it can)."""
+    incremental_state)``, which subclasses implement as ``mix``."""
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None, *,
                 bias_scale: Optional[Tensor] = None, residual: Optional[Tensor] = None) -> Tensor:
         """The paper's layer: x ``(L, B, C)`` time-first; padding_mask ``(B, L)``, True at
         (right-)padded positions; with an ``incremental_state`` (causal only), x holds the
-        new positions after the cached ones. The keyword-only extras are the block's (see
-        ``mix``); the block calls the module itself so that forward hooks (fairseq's
-        NanDetector, profilers) see token mixing."""
+        new positions after the cached ones.
+
+        ``bias_scale`` ``(C,)`` and ``residual`` ``(L, B, C)`` are the block's fold (``folding.py``):
+        ``residual + A x + b * bias_scale``, for an ``x`` already scaled by ``bias_scale``.
+        They are forward's, as hooks (fairseq's NanDetector) see only calls of the module, and
+        outside it each would cost one more activation-sized pass."""
         return self.mix(x, padding_mask, incremental_state, bias_scale, residual)
 
     def mix(self, x: Tensor, padding_mask: Optional[Tensor] = None,
@@ -104,10 +107,8 @@ class TokenMixing(Mixing):
         bias_scale: Optional[Tensor] = None,
         residual: Optional[Tensor] = None,
     ) -> Tensor:
-        """x: ``(L, B, C)``; padding_mask: ``(B, L)``, True at (right-)padded positions;
-        bias_scale: ``(C,)``, a per-channel scale of the output that the caller folded
-        into ``x`` (LayerScale): the bias ``b[i]`` becomes ``b[i] * bias_scale[c]``;
-        residual: ``(L, B, C)`` (the new positions only), added to the output by the GEMM."""
+        """As :meth:`Mixing.forward`; the bias ``b[i]`` becomes ``b[i] * bias_scale[c]``, and the
+        residual (the new positions only, when stepping) is added by the GEMM."""
         length, batch, channels = x.shape
         bias = self.bias[:, None, None] if bias_scale is None else self.bias[:, None, None] * bias_scale
         if self.mode == "causal" and incremental_state is not None:
@@ -120,8 +121,7 @@ class TokenMixing(Mixing):
             weight = weight.tril()
         x = x.reshape(length, batch * channels)
         if residual is not None:  # the GEMM accumulates into residual + bias
-            out = (residual + bias[:length]).contiguous()
-            return out.view(length, batch * channels).addmm_(weight, x).view(length, batch, channels)
+            return addmm_into(residual + bias[:length], weight, x)
         return torch.mm(weight, x).view(length, batch, channels).add_(bias[:length])
 
     def _step(self, x: Tensor, incremental_state: IncrementalState, bias: Tensor, residual: Optional[Tensor]) -> Tensor:
