@@ -18,7 +18,7 @@
 # the same budget and the same share of the machine).
 set -euo pipefail
 here=$(dirname "$0")
-export PAIR=${PAIR:-en-de}
+export PAIR=${PAIR:-en-de} MINUTES=${MINUTES:-18}
 WORK=${WORK:-runs/compare-$PAIR}
 THREADS=${THREADS:-2}
 MODELS=${MODELS:-resmlp_relative resmlp_absolute transformer}
