@@ -92,6 +92,7 @@ def m30k_out(m30k_raw, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_multi30k_builds_joined_data_bin(m30k_raw, m30k_out):
     data_bin = m30k_out / "data-bin"
     assert (data_bin / "dict.en.txt").read_text() == (data_bin / "dict.de.txt").read_text()
@@ -107,6 +108,7 @@ def test_multi30k_builds_joined_data_bin(m30k_raw, m30k_out):
     assert spm.SentencePieceProcessor(model_file=str(m30k_out / "spm.model")).decode(pieces.split()) == test_de[0]
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_multi30k_rerun_skips_finished_steps(m30k_raw, m30k_out, capsys):
     mtimes = {p: os.path.getmtime(os.path.join(root, p)) for root, _, files in os.walk(m30k_out) for p in files}
     assert multi30k.main(["--raw-dir", str(m30k_raw), "--out", str(m30k_out), "--vocab-size", "150"]) == 0
@@ -250,6 +252,7 @@ def copy_of_prepared(m30k_raw, m30k_out, tmp_path):
     return raw, out
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_an_edit_with_an_older_modification_time_is_seen(m30k_raw, m30k_out, tmp_path, capsys):
     """As cp -p, rsync -t and tar x leave it. The data-bin was built from the old text: refused without --force."""
     raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
@@ -265,6 +268,7 @@ def test_an_edit_with_an_older_modification_time_is_seen(m30k_raw, m30k_out, tmp
     assert snapshot(out / "data-bin") == before and read_lines(out / "raw" / "train.de") == lines
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_another_vocab_size_does_not_replace_the_data_bin(m30k_raw, m30k_out, tmp_path, capsys):
     raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
     before = snapshot(out / "data-bin"), (out / "spm.model").read_bytes()
@@ -274,6 +278,7 @@ def test_another_vocab_size_does_not_replace_the_data_bin(m30k_raw, m30k_out, tm
     assert (snapshot(out / "data-bin"), (out / "spm.model").read_bytes()) == before
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_touched_inputs_are_still_up_to_date(m30k_raw, m30k_out, tmp_path, capsys):
     """Content, not modification times: a newer time on the same text re-runs nothing."""
     raw, out = copy_of_prepared(m30k_raw, m30k_out, tmp_path)
@@ -283,6 +288,7 @@ def test_touched_inputs_are_still_up_to_date(m30k_raw, m30k_out, tmp_path, capsy
     assert capsys.readouterr().out.count("up to date, skipped") == 9
 
 
+@pytest.mark.slow  # m30k_out: prepare_multi30k.py, and fairseq-preprocess, in processes
 def test_an_output_directory_of_the_earlier_version(m30k_raw, m30k_out, tmp_path, capsys):
     """Its steps were decided by modification times, with each step's options in .stamps/NAME.json: they count
     as done, and a run with another vocabulary size is refused there too."""
@@ -422,6 +428,7 @@ def expected_train(corpora, pair):
     return [(s, t) for archive in order for s, t in corpora[pair][archive] if clean_rule(s, t)]
 
 
+@pytest.mark.slow  # fairseq-preprocess in a process; workers=2 a multiprocessing pool
 @pytest.mark.parametrize("pair, workers", [("en-de", 1), ("en-fr", 2)])
 def test_wmt14_pipeline(wmt14_archives, tmp_path, pair, workers):
     archives, corpora = wmt14_archives

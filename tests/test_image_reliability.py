@@ -1,8 +1,9 @@
 """Reliability of the image task through fairseq's own fairseq-train: SIGKILLs and exact
 resumption, and two CPU ranks (gloo, legacy_ddp) against one process.
 
-The translation counterparts, and the helpers reused here, are in test_reliability.py
-and test_distributed.py.
+The translation counterparts are in test_kill_and_resume.py and test_distributed.py; the
+helpers reused here are in training_runs.py and test_distributed.py, the ``hooks`` fixture
+in conftest.py.
 """
 import random
 import time
@@ -12,18 +13,7 @@ from test_distributed import data_parallel, max_abs_diff, model
 
 from helpers import USER_DIR, run_cli
 from test_image_data import image_folder_tree  # noqa: F401  (a fixture)
-from test_reliability import (  # noqa: F401  (hooks is a fixture)
-    ENV,
-    fairseq_train,
-    hooked_train,
-    hooks,
-    load,
-    loaded_checkpoint,
-    num_updates,
-    read,
-    start,
-    wait_for,
-)
+from training_runs import ENV, fairseq_train, hooked_train, load, loaded_checkpoint, num_updates, read, start, wait_for
 
 pytestmark = pytest.mark.slow
 

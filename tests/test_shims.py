@@ -1,6 +1,7 @@
 """The fairseq shims the plugin applies at import: logged, each one switchable off
 (``RESMLP_NO_SHIM``), skipped where fairseq has the fix; and ``--optimizer lamb`` stays
-fairseq's. What each shim fixes is tested with its subject (test_reliability.py, ...)."""
+fairseq's. What each shim fixes is tested with its subject (test_kill_and_resume.py,
+test_atomic_checkpoint_writes.py, test_clean_exit_mid_epoch.py, test_bad_inputs.py, ...)."""
 import json
 import logging
 import os
@@ -88,6 +89,7 @@ def probe(tmp_path, switch=None):
     return result["shims"], result["originals"], proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # probe: a fresh Python process that imports torch and fairseq (~10 s)
 def test_every_shim_is_applied_and_logged_once(tmp_path):
     shims, originals, output = probe(tmp_path)
     assert set(shims) == set(fairseq_compat.SHIMS)
@@ -97,6 +99,7 @@ def test_every_shim_is_applied_and_logged_once(tmp_path):
     assert "INFO" in lines[0] and "resmlp_mt" in lines[0]
 
 
+@pytest.mark.slow  # probe: a fresh Python process that imports torch and fairseq (~10 s)
 @pytest.mark.parametrize("off", ["last_batch", "precision_check", "weights_only,interactive_lines"])
 def test_a_shim_switched_off_leaves_fairseq_as_it_is(tmp_path, off):
     """precision_check shares Trainer.__init__ with save_dir_lock; weights_only shares
@@ -107,6 +110,7 @@ def test_a_shim_switched_off_leaves_fairseq_as_it_is(tmp_path, off):
     assert f"off (RESMLP_NO_SHIM): {', '.join(names)}" in output
 
 
+@pytest.mark.slow  # probe: a fresh Python process that imports torch and fairseq (~10 s)
 def test_all_shims_switched_off_leave_every_fairseq_original(tmp_path):
     shims, originals, output = probe(tmp_path, "all")
     assert not any(shims.values()) and originals, shims
