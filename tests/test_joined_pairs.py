@@ -24,7 +24,6 @@ def raw_lines(data_bin, split, lang):
         return f.read().splitlines()
 
 
-@pytest.mark.slow  # tiny_data_bin runs fairseq-preprocess
 def test_joined_pairs_are_consecutive_training_lines_joined_with_a_space(tiny_data_bin):
     task = load_task(tiny_data_bin, "--joined-pairs", "0.1", "--seed", "5")
     train, n = task.datasets["train"], len(raw_lines(tiny_data_bin, "train", "src"))
@@ -48,7 +47,6 @@ def test_joined_pairs_are_consecutive_training_lines_joined_with_a_space(tiny_da
         assert train[k]["source"].eq(expected.long()).all()
 
 
-@pytest.mark.slow
 def test_the_seed_draws_the_pairs_and_zero_turns_it_off(tiny_data_bin):
     def joined(seed, fraction="0.1"):
         train = load_task(tiny_data_bin, "--joined-pairs", fraction, "--seed", seed).datasets["train"]
