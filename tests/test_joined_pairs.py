@@ -57,3 +57,29 @@ def test_the_seed_draws_the_pairs_and_zero_turns_it_off(tiny_data_bin):
     assert len(joined(1, "0")) == len(raw_lines(tiny_data_bin, "train", "src"))
     with pytest.raises(ValueError, match="--joined-pairs 1.5"):
         joined(1, "1.5")
+
+
+def test_joins_of_up_to_k_sentences(tiny_data_bin):
+    task = load_task(tiny_data_bin, "--joined-pairs", "0.2", "--joined-max-sentences", "4", "--seed", "3")
+    train = task.datasets["train"]
+    src, tgt = (raw_lines(tiny_data_bin, "train", lang) for lang in ("src", "tgt"))
+    n = len(src)
+    counts = []
+    for k in range(n, len(train)):
+        item = train[k]
+        found = None
+        for i in range(n - 1):  # an independent search: which consecutive lines, how many
+            for c in (2, 3, 4):
+                expected = task.src_dict.encode_line(" ".join(src[i : i + c]), add_if_not_exist=False).long()
+                if expected.shape == item["source"].shape and expected.eq(item["source"]).all():
+                    target = task.tgt_dict.encode_line(" ".join(tgt[i : i + c]), add_if_not_exist=False).long()
+                    assert target.eq(item["target"]).all()
+                    found = c
+                    break
+            if found:
+                break
+        assert found, f"joined item {k} is no run of 2 to 4 consecutive lines"
+        counts.append(found)
+    assert set(counts) == {2, 3, 4}
+    with pytest.raises(ValueError, match="--joined-max-sentences 1"):
+        load_task(tiny_data_bin, "--joined-max-sentences", "1")

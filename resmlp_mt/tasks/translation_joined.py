@@ -1,5 +1,6 @@
 """``--task translation_joined``: fairseq's ``translation`` task whose training set also holds
-pairs made of two consecutive training pairs joined into one (``--joined-pairs``).
+pairs made of consecutive training pairs joined into one (``--joined-pairs``: how many, as
+a fraction of the training set; ``--joined-max-sentences K``: each joins 2 to K pairs).
 
 A model that has only seen single sentences learns that a sentence end ends the output:
 given several sentences as one input, it translates the first and stops (README, "Long
@@ -19,19 +20,21 @@ from omegaconf import II
 
 
 class JoinedTokensDataset(FairseqDataset):
-    """Item k: ``base[first[k]]`` without its final EOS, then ``base[first[k] + 1]``."""
+    """Item k: lines ``first[k] .. first[k] + count[k] - 1`` of ``base``, each but the last
+    without its final EOS."""
 
-    def __init__(self, base, first: np.ndarray, eos: int):
-        self.base, self.first, self.eos = base, first, eos
-        self.sizes = base.sizes[first] - 1 + base.sizes[first + 1]
+    def __init__(self, base, first: np.ndarray, count: np.ndarray, eos: int):
+        self.base, self.first, self.count, self.eos = base, first, count, eos
+        self.sizes = np.array([base.sizes[i : i + c].sum() - (c - 1) for i, c in zip(first, count)], dtype=np.int64)
 
     def __getitem__(self, k):
-        i = int(self.first[k])
-        head = self.base[i]
-        if head[-1] != self.eos:  # sizes above assume fairseq-preprocess's final EOS
-            raise ValueError(f"--joined-pairs: training line {i} does not end with EOS; "
-                             "binarize the data with fairseq-preprocess")
-        return torch.cat([head[:-1], self.base[i + 1]])
+        i, c = int(self.first[k]), int(self.count[k])
+        lines = [self.base[j] for j in range(i, i + c)]
+        for j, line in enumerate(lines[:-1]):
+            if line[-1] != self.eos:  # sizes above assume fairseq-preprocess's final EOS
+                raise ValueError(f"--joined-pairs: training line {i + j} does not end with EOS; "
+                                 "binarize the data with fairseq-preprocess")
+        return torch.cat([line[:-1] for line in lines[:-1]] + [lines[-1]])
 
     def __len__(self):
         return len(self.first)
@@ -43,15 +46,18 @@ class JoinedTokensDataset(FairseqDataset):
         return self.sizes[k]
 
 
-def with_joined_pairs(dataset: LanguagePairDataset, fraction: float, seed: int) -> LanguagePairDataset:
-    """``dataset`` plus ``round(fraction * (N - 1))`` joined pairs of consecutive lines."""
+def with_joined_pairs(dataset: LanguagePairDataset, fraction: float, seed: int,
+                      max_sentences: int = 2) -> LanguagePairDataset:
+    """``dataset`` plus ``round(fraction * (N - 1))`` joins of 2 to ``max_sentences`` consecutive
+    lines (the number drawn uniformly for each join), starting at distinct lines."""
     if dataset.tgt is None or dataset.align_dataset is not None or dataset.buckets is not None:
         raise ValueError("--joined-pairs needs a parallel training set without alignments or length buckets")
     n = len(dataset)
-    first = np.sort(np.random.RandomState(seed).choice(n - 1, size=round(fraction * (n - 1)), replace=False))
-    eos = dataset.src_dict.eos()
-    src = ConcatDataset([dataset.src, JoinedTokensDataset(dataset.src, first, eos)])
-    tgt = ConcatDataset([dataset.tgt, JoinedTokensDataset(dataset.tgt, first, dataset.tgt_dict.eos())])
+    rng = np.random.RandomState(seed)
+    first = np.sort(rng.choice(n - 1, size=round(fraction * (n - 1)), replace=False))
+    count = np.minimum(rng.randint(2, max_sentences + 1, size=len(first)), n - first)  # within the data
+    src = ConcatDataset([dataset.src, JoinedTokensDataset(dataset.src, first, count, dataset.src_dict.eos())])
+    tgt = ConcatDataset([dataset.tgt, JoinedTokensDataset(dataset.tgt, first, count, dataset.tgt_dict.eos())])
     return LanguagePairDataset(
         src, src.sizes, dataset.src_dict, tgt, tgt.sizes, dataset.tgt_dict,
         left_pad_source=dataset.left_pad_source, left_pad_target=dataset.left_pad_target,
@@ -68,6 +74,9 @@ class JoinedTranslationConfig(TranslationConfig):
         default=0.1, metadata={"help": "add this fraction of the training set as extra pairs, each two "
                                        "consecutive training pairs joined into one (0: none)"}
     )
+    joined_max_sentences: int = field(
+        default=2, metadata={"help": "each extra pair joins 2 to this many consecutive pairs (drawn uniformly)"}
+    )
     seed: int = II("common.seed")
 
 
@@ -80,4 +89,7 @@ class JoinedTranslationTask(TranslationTask):
         if split == self.cfg.train_subset and self.cfg.joined_pairs > 0:
             if not 0 < self.cfg.joined_pairs <= 1:
                 raise ValueError(f"--joined-pairs {self.cfg.joined_pairs}: expected a fraction in [0, 1]")
-            self.datasets[split] = with_joined_pairs(self.datasets[split], self.cfg.joined_pairs, self.cfg.seed)
+            if self.cfg.joined_max_sentences < 2:
+                raise ValueError(f"--joined-max-sentences {self.cfg.joined_max_sentences}: expected 2 or more")
+            self.datasets[split] = with_joined_pairs(self.datasets[split], self.cfg.joined_pairs, self.cfg.seed,
+                                                     self.cfg.joined_max_sentences)
