@@ -421,6 +421,16 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         model.dictionary_files = _dictionary_files(task)
         return model
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's hub interface (``translate``, ``sample``, ``generate``), from a fairseq
+        checkpoint or from a ``resmlp-export-safe`` export (``checkpoint_file`` PREFIX.safetensors,
+        read without unpickling); see ``resmlp_mt.hub``."""
+        from ..hub import from_pretrained
+
+        return from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                               archive_map=cls.hub_models(), **kwargs)
+
     def prepare_for_inference_(self, cfg):
         """fairseq's, and the decoder returns alignments when the generation config asks for
         them: ``--print-alignment``, or ``--replace-unk``, which reads them."""
