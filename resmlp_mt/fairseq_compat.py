@@ -99,6 +99,10 @@ of the plugin's tasks or models (``is_plugin_run``).
    ``--bf16`` on the CPU [precision_check], a checkpoint of another task or that does not
    fit [checkpoint_errors]) and ``interactive_lines`` (``fairseq-interactive`` reports an
    over-long line and translates the next ones [interactive_lines]).
+
+13. ``replace_unk``: ``--replace-unk`` replaces unknown words instead of crashing at the
+   first one, with or without ``--print-alignment`` and an alignment dictionary
+   [replace_unk].
 """
 import atexit
 import contextlib
@@ -133,7 +137,7 @@ from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from . import interactive_lines, usage_errors
+from . import interactive_lines, replace_unk, usage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -493,6 +497,7 @@ SHIMS = {  # name -> (apply, "the installed fairseq has the fix"); in the order 
     "precision_check": (usage_errors.apply_precision_check, None),
     "checkpoint_errors": (usage_errors.apply_checkpoint_errors, None),
     "interactive_lines": (interactive_lines.apply, None),
+    "replace_unk": (replace_unk.apply, None),
 }
 
 

@@ -21,6 +21,11 @@ and load it with JSON, text and safetensors only::
     from resmlp_mt.safe_load import load_model
     model = load_model("exported/en_de")       # eval mode; model.encoder.dictionary, ...
 
+or translate through fairseq's hub interface (``from_pretrained`` below, README "From Python")::
+
+    en_de = from_pretrained("exported/en_de", bpe="sentencepiece", sentencepiece_model="spm.model")
+    en_de.translate("A man is riding a bike.")
+
 Shared embeddings (``--share-all-embeddings``) are stored once and tied again on load.
 """
 import argparse
@@ -124,8 +129,8 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def load_model(prefix: str, device: str = "cpu") -> ResMLPModel:
-    """Rebuild the model from PREFIX.json and its dictionaries, then read PREFIX.safetensors."""
+def read_config(prefix: str) -> dict:
+    """PREFIX.json, checked: an export of this format with model settings this version knows."""
     with open(prefix + ".json") as f:
         config = json.load(f)
     if config.get("format") != FORMAT:
@@ -133,6 +138,12 @@ def load_model(prefix: str, device: str = "cpu") -> ResMLPModel:
     unknown = set(config["model"]) - set(_CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"{prefix}.json has model settings this version does not know: {sorted(unknown)}")
+    return config
+
+
+def load_model(prefix: str, device: str = "cpu") -> ResMLPModel:
+    """Rebuild the model from PREFIX.json and its dictionaries, then read PREFIX.safetensors."""
+    config = read_config(prefix)
     cfg = ResMLPTranslationConfig(**config["model"])
     directory = os.path.dirname(os.path.abspath(prefix))
     files = [os.path.join(directory, config["dictionaries"][side]) for side in ("source", "target")]
@@ -142,6 +153,18 @@ def load_model(prefix: str, device: str = "cpu") -> ResMLPModel:
     model.dictionary_files = tuple(files)  # named by the shape checks in load_state_dict
     safetensors.torch.load_model(model, prefix + ".safetensors", strict=True, device=device)
     return model.to(device).eval()
+
+
+def from_pretrained(prefix: str, device: str = "cpu", **kwargs):
+    """fairseq's hub interface (``translate``, ``sample``, ``generate``) over an export,
+    nothing unpickled: ``from_pretrained("exported/en_de", bpe="sentencepiece",
+    sentencepiece_model="spm.model").translate("...")``. ``kwargs`` are fairseq options
+    (``bpe``, ``sentencepiece_model``, ``tokenizer``, ``beam``, ...), as for
+    ``ResMLPModel.from_pretrained``, which takes the same export as
+    ``from_pretrained("exported", checkpoint_file="en_de.safetensors", ...)``."""
+    from .hub import from_export
+
+    return from_export(prefix, device=device, **kwargs)
 
 
 def _plain(value):

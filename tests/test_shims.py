@@ -29,7 +29,7 @@ PROBE = r"""
 import json, sys
 import fairseq_cli.interactive as interactive
 import torch
-from fairseq import checkpoint_utils, trainer
+from fairseq import checkpoint_utils, trainer, utils
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask
@@ -42,7 +42,8 @@ def objects():
             "excepthook": sys.excepthook, "load_checkpoint": trainer.Trainer.load_checkpoint,
             "ensemble": checkpoint_utils.load_model_ensemble_and_task, "make_batches": interactive.make_batches,
             "ckpt_torch": checkpoint_utils.torch, "dist_torch": distributed_utils.torch,
-            "trainer_init": trainer.Trainer.__init__}
+            "trainer_init": trainer.Trainer.__init__, "replace_unk": utils.replace_unk,
+            "load_align_dict": utils.load_align_dict, "build_generator": FairseqTask.build_generator}
 
 
 def wraps(function, marker):
@@ -70,6 +71,7 @@ print(json.dumps({"plugin": resmlp_mt.__file__, "originals": not changed(*stock)
     "precision_check": wraps(now["trainer_init"], "resmlp_checks_precision"),
     "checkpoint_errors": changed("load_checkpoint", "ensemble"),
     "interactive_lines": changed("make_batches"),
+    "replace_unk": changed("replace_unk", "load_align_dict", "build_generator"),
 }}))
 """
 

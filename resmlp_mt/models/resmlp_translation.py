@@ -39,6 +39,8 @@ encoder states and     ``ResMLPEncoder.forward``       ``reorder_encoder_out`` c
 their order                                            the order (``encoder_order``);
 (not incremental)                                      ``encoder_states()`` applies it,
                                                        read at the first step only
+                                                       (``source_left_pads``, for
+                                                       alignments: ``source_columns()``)
 =====================  ==============================  ==================================
 
 All of it lives in fairseq's ``incremental_state`` (or the encoder-output dict) of one
@@ -63,7 +65,7 @@ from fairseq.models.transformer import Embedding
 from fairseq.modules import FairseqDropout, MultiheadAttention
 from torch import Tensor, nn
 
-from .. import fairseq_compat
+from .. import fairseq_compat, replace_unk
 from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
 from ..usage_errors import CheckpointMismatchError
@@ -191,6 +193,7 @@ class ResMLPEncoder(FairseqEncoder):
         check_length(src_tokens.size(1), self.max_source_positions, "source", self.relative)
         # Row i of A must mean "i-th token of the sentence", whatever the padding side:
         # fairseq left-pads sources by default, so move every sentence to the left.
+        left_pads = _left_pads(src_tokens, self.padding_idx)
         src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
         padding_mask = src_tokens.eq(self.padding_idx)
         x = self.dropout_module(self.embed_scale * self.embed_tokens(src_tokens)).transpose(0, 1).contiguous()
@@ -200,6 +203,7 @@ class ResMLPEncoder(FairseqEncoder):
         return {
             "encoder_out": [self.final_norm(x)],  # T x B x C
             "encoder_padding_mask": [padding_mask],  # B x T, right-padded
+            "source_left_pads": [left_pads],  # B: where alignments put each source back
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
@@ -212,14 +216,40 @@ class ResMLPEncoder(FairseqEncoder):
         every step, is reordered."""
         states = encoder_out.get("unordered_encoder_out", encoder_out.get("encoder_out"))
         order = encoder_out.get("encoder_order")
-        return {
+        reordered = {
             "unordered_encoder_out": states,
             "encoder_order": [new_order if order is None else order[0].index_select(0, new_order)],
             "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
         }
+        if "source_left_pads" in encoder_out:  # in the encoder's order, as the states
+            reordered["source_left_pads"] = encoder_out["source_left_pads"]
+        return reordered
 
     def max_positions(self) -> int:
         return self.max_source_positions
+
+
+def _left_pads(src_tokens: Tensor, pad: int) -> Tensor:
+    """Per sentence, the padding before it: all of its padding when the batch is left-padded
+    (fairseq's default for sources, which ``convert_padding_direction`` moves to the right),
+    else none."""
+    padding = src_tokens.eq(pad)
+    return padding.sum(dim=1) * padding[:, 0].any()
+
+
+def source_columns(attn: Tensor, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
+    """Attention weights ``(B, T, S)`` over the encoder's right-padded positions, moved to
+    the columns of the source tokens as fairseq passed them (left-padded by default), where
+    fairseq's alignment extraction (``utils.extract_hard_alignment``) looks for them."""
+    left_pads = encoder_out.get("source_left_pads")
+    if not left_pads:
+        return attn
+    left_pads = left_pads[0]
+    if "encoder_out" not in encoder_out:  # reordered since: in the encoder's order, as the states
+        left_pads = left_pads.index_select(0, encoder_out["encoder_order"][0])
+    columns = torch.arange(attn.size(-1), device=attn.device)
+    index = torch.remainder(columns - left_pads[:, None], attn.size(-1))  # B x S
+    return attn.gather(-1, index[:, None, :].expand_as(attn))
 
 
 def encoder_states(encoder_out: Dict[str, List[Tensor]]) -> Tensor:
@@ -269,6 +299,9 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
             ),
         )
         self.final_norm = make_norm(cfg.norm, dim)
+        # Return cross-attention weights for alignments? fairseq-generate, -interactive and the
+        # hub interface set it from --print-alignment (and --replace-unk) before decoding.
+        self.need_attn = False
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         if cfg.share_decoder_input_output_embed or cfg.share_all_embeddings:
             self.output_projection.weight = embed_tokens.weight
@@ -281,20 +314,44 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         encoder_out: Optional[Dict[str, List[Tensor]]] = None,
         incremental_state: Optional[IncrementalState] = None,
         features_only: bool = False,
+        full_context_alignment: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
         **kwargs,
     ):
-        x = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        """fairseq's decoder interface: ``(logits or features, {"attn": [attn], ...})``.
+
+        ``attn`` is the alignment: the cross-attention weights of layer ``alignment_layer``
+        (by default the last) averaged over its first ``alignment_heads`` heads (by default
+        all), ``(B, target length, source length)``, in the source's own columns, as
+        fairseq's TransformerDecoder returns it. It is computed when alignments are asked
+        for, by ``alignment_layer`` / ``alignment_heads`` or by ``need_attn`` (which
+        ``ResMLPModel.prepare_for_inference_`` sets from ``--print-alignment`` and
+        ``--replace-unk``), and is None otherwise: beam search then keeps no attention, and
+        a full pass keeps torch's fused attention."""
+        if full_context_alignment:
+            raise ValueError("full_context_alignment: causal token mixing has no full-context mode")
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
+                                         alignment_layer=alignment_layer, alignment_heads=alignment_heads)
         if not features_only:
             x = self.output_layer(x)
-        return x, {"attn": [None], "inner_states": None}
+        return x, extra
+
+    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
+        """fairseq's hook for inference (``prepare_for_inference_``): ``need_attn`` is
+        ``--print-alignment``."""
+        self.need_attn = need_attn
 
     def extract_features(
         self,
         prev_output_tokens: Tensor,
         encoder_out: Optional[Dict[str, List[Tensor]]] = None,
         incremental_state: Optional[IncrementalState] = None,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
         **kwargs,
     ):
+        """``(features (B, T, C), {"attn": [alignment or None], "inner_states": None})``: see ``forward``."""
         check_length(prev_output_tokens.size(1), self.max_target_positions, "target", self.relative)
         prev_output_tokens, restore = moved_to_the_left(prev_output_tokens, self.embed_tokens.padding_idx,
                                                         incremental=incremental_state is not None)
@@ -310,9 +367,22 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
                     self.set_beam_size(_beam_size(encoder_out))
                     # from the next step on, cross-attention reads the keys and values it caches now
                     self.set_incremental_state(incremental_state, "cross_attention", {"cached": enc.new_ones(())})
-        for layer in self.layers:
-            x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
-        return restore(self.final_norm(x).transpose(0, 1))  # back in the columns of left-padded targets
+        if alignment_layer is None and (alignment_heads is not None or (self.need_attn and not self.training)):
+            alignment_layer = len(self.layers) - 1
+        if alignment_layer is not None and not -len(self.layers) <= alignment_layer < len(self.layers):
+            raise ValueError(f"alignment_layer {alignment_layer}: the decoder has {len(self.layers)} layers")
+        attn = None
+        for idx, layer in enumerate(self.layers):
+            if alignment_layer is not None and idx == alignment_layer % len(self.layers):
+                x, head_weights = layer(x, incremental_state=incremental_state, encoder_out=enc,
+                                        encoder_padding_mask=enc_mask, need_head_weights=True)
+                attn = head_weights[:alignment_heads].float().mean(dim=0).to(x)  # B x T x S
+            else:
+                x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
+        if attn is not None and encoder_out is not None:
+            attn = restore(source_columns(attn, encoder_out))
+        # back in the columns of left-padded targets
+        return restore(self.final_norm(x).transpose(0, 1)), {"attn": [attn], "inner_states": None}
 
     def _cross_attention_cached(self, incremental_state: Optional[IncrementalState]) -> bool:
         """After the first incremental step, cross-attention reads its cached keys and values."""
@@ -350,6 +420,22 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         model = cls(encoder, decoder)
         model.dictionary_files = _dictionary_files(task)
         return model
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's hub interface (``translate``, ``sample``, ``generate``), from a fairseq
+        checkpoint or from a ``resmlp-export-safe`` export (``checkpoint_file`` PREFIX.safetensors,
+        read without unpickling); see ``resmlp_mt.hub``."""
+        from ..hub import from_pretrained
+
+        return from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                               archive_map=cls.hub_models(), **kwargs)
+
+    def prepare_for_inference_(self, cfg):
+        """fairseq's, and the decoder returns alignments when the generation config asks for
+        them: ``--print-alignment``, or ``--replace-unk``, which reads them."""
+        super().prepare_for_inference_(cfg)
+        self.decoder.need_attn = replace_unk.wanted(cfg.generation)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""

@@ -1,5 +1,5 @@
 """The ResMLP residual block, shared by the translation and the image models."""
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
@@ -83,7 +83,12 @@ class ResMLPBlock(nn.Module):
         incremental_state: Optional[IncrementalState] = None,
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
-    ) -> Tensor:
+        need_head_weights: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """The block's output ``(L, B, C)``; with ``need_head_weights`` (a decoder block),
+        also its cross-attention weights per head, ``(heads, B, L, source length)``, as
+        fairseq's decoder layers return them for alignments (``need_head_weights``). Without
+        it, cross-attention runs as before: no weights, torch's fused attention in a full pass."""
         # Without dropout or stochastic depth on the branches (evaluation, or none
         # configured), the residual joins each branch's last GEMM, which adds into it
         # (not under autocast, which leaves in-place GEMMs in their input dtypes).
@@ -95,20 +100,29 @@ class ResMLPBlock(nn.Module):
             x = self.token_mixing(n, padding_mask, incremental_state, bias_scale=gamma, residual=x)
         else:
             x = self._residual(x, self.token_mixing(n, padding_mask, incremental_state, bias_scale=gamma))
+        weights = None
         if self.cross_attention is not None:
-            attended, _ = self.cross_attention(
+            attended, weights = self.cross_attention(
                 query=self.norm_cross(x),
                 key=encoder_out,
                 value=encoder_out,
                 key_padding_mask=encoder_padding_mask,
                 incremental_state=incremental_state,
-                static_kv=incremental_state is not None,  # cache K and V; else torch's fused attention
-                need_weights=False,
+                # cache K and V; else torch's fused attention, which returns no per-head weights
+                static_kv=incremental_state is not None or need_head_weights,
+                need_weights=need_head_weights,
+                need_head_weights=need_head_weights,
             )
             x = self._residual(x, self.ls_cross(attended))
         if fused:
-            return self.mlp_branch(x, residual=x, incremental_state=incremental_state)
-        return self._residual(x, self.mlp_branch(x, incremental_state=incremental_state))
+            x = self.mlp_branch(x, residual=x, incremental_state=incremental_state)
+        else:
+            x = self._residual(x, self.mlp_branch(x, incremental_state=incremental_state))
+        if need_head_weights:
+            if weights is None:
+                raise ValueError("need_head_weights: this block has no cross-attention")
+            return x, weights
+        return x
 
     def plain_forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, encoder_out: Optional[Tensor] = None,
                       encoder_padding_mask: Optional[Tensor] = None) -> Tensor:
