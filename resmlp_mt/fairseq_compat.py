@@ -103,6 +103,9 @@ of the plugin's tasks or models (``is_plugin_run``).
 13. ``replace_unk``: ``--replace-unk`` replaces unknown words instead of crashing at the
    first one, with or without ``--print-alignment`` and an alignment dictionary
    [replace_unk].
+
+14. ``cpu_bf16``: ``--bf16`` on the CPU trains under bf16 autocast with fp32 weights and
+   checkpoints, instead of needing torch_xla [cpu_bf16].
 """
 import atexit
 import contextlib
@@ -137,7 +140,7 @@ from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from . import interactive_lines, replace_unk, usage_errors
+from . import cpu_bf16, interactive_lines, replace_unk, usage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +501,7 @@ SHIMS = {  # name -> (apply, "the installed fairseq has the fix"); in the order 
     "checkpoint_errors": (usage_errors.apply_checkpoint_errors, None),
     "interactive_lines": (interactive_lines.apply, None),
     "replace_unk": (replace_unk.apply, None),
+    "cpu_bf16": (cpu_bf16.apply, None),  # after precision_check: its wrapper runs first
 }
 
 

@@ -79,7 +79,7 @@ def check_precision_device(cfg) -> None:
                          f"fp32 on the CPU")
     if common.bf16:
         raise UsageError(f"--bf16 is not supported on the CPU by fairseq's trainer yet ({where}): drop --bf16 "
-                         f"to train in fp32 on the CPU")
+                         f"to train in fp32 on the CPU")  # unless the cpu_bf16 shim took the run over
 
 
 def _checking_precision(init):

@@ -198,14 +198,15 @@ def test_interactive_translates_a_long_line_with_relative_token_mixing(tiny_data
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize("flag, message, env", [
     ("--fp16", "error: --fp16 needs a CUDA GPU and this run has none (--cpu): drop --fp16 to train in fp32 on "
-               "the CPU"),
+               "the CPU", None),
+    # with the cpu_bf16 shim, --bf16 trains under autocast (test_cpu_bf16.py); without, stock fairseq needs torch_xla
     ("--bf16", "error: --bf16 is not supported on the CPU by fairseq's trainer yet (--cpu): drop --bf16 to train "
-               "in fp32 on the CPU"),
-], ids=["fp16", "bf16"])
-def test_half_precision_on_the_cpu_is_refused_in_one_line(tiny_data_bin, tmp_path, flag, message):
-    proc = run_cli("fairseq-train", *train_args(tiny_data_bin, tmp_path / "ckpt", 2, flag), check=False)
+               "in fp32 on the CPU", {"RESMLP_NO_SHIM": "cpu_bf16"}),
+], ids=["fp16", "bf16-without-cpu_bf16"])
+def test_half_precision_on_the_cpu_is_refused_in_one_line(tiny_data_bin, tmp_path, flag, message, env):
+    proc = run_cli("fairseq-train", *train_args(tiny_data_bin, tmp_path / "ckpt", 2, flag), check=False, env=env)
     assert proc.returncode != 0
     assert last_line(proc.stderr) == message, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

@@ -72,6 +72,7 @@ print(json.dumps({"plugin": resmlp_mt.__file__, "originals": not changed(*stock)
     "checkpoint_errors": changed("load_checkpoint", "ensemble"),
     "interactive_lines": changed("make_batches"),
     "replace_unk": changed("replace_unk", "load_align_dict", "build_generator"),
+    "cpu_bf16": wraps(now["trainer_init"], "resmlp_cpu_bf16"),
 }}))
 """
 
