@@ -20,6 +20,8 @@ import json
 
 from fairseq import optim
 
+from resmlp_mt import cpu_bf16
+
 from benchlib import (
     cycling,
     environment,
@@ -36,15 +38,18 @@ from benchlib import (
 )
 from mtlib import MODELS, SIZES, batches, multi30k_like, setup_task
 
-TARGET_SPEED, TARGET_MEMORY = 1.3, 1.0
+TARGET_SPEED, TARGET_MEMORY, TARGET_BF16 = 1.3, 1.0, 2.0
 
 
 class TrainingRun:
-    """One contender: model, criterion and Adam as fairseq-train builds them, from (cfg, task)."""
+    """One contender: model, criterion and Adam as fairseq-train builds them, from (cfg, task);
+    precision "bf16" is what ``fairseq-train --bf16`` does on the CPU with the plugin loaded."""
 
-    def __init__(self, cfg, task):
+    def __init__(self, cfg, task, precision: str = "fp32"):
         self.task, self.model = task, task.build_model(cfg.model)
         self.criterion = task.build_criterion(cfg.criterion)
+        if precision == "bf16":
+            cpu_bf16.autocast_forward(self.criterion)
         self.optimizer = optim.build_optimizer(cfg.optimizer, [p for p in self.model.parameters() if p.requires_grad])
         self.params = sum(p.numel() for p in self.model.parameters())
 
@@ -65,11 +70,16 @@ def training_batches(args, task, size: str, count: int):
     return batches(task, dataset, SIZES[size]["positions"], count, max_tokens=args.max_tokens)
 
 
+def contenders(precisions):
+    """(name, model, precision): "resmlp", "transformer", and "resmlp+bf16", ... for bf16."""
+    return [(m if p == "fp32" else f"{m}+{p}", m, p) for m in MODELS for p in precisions]
+
+
 def peak_memory_child(args) -> None:
     cfg, task = setup_task(args.memory_of, args.size, args.data)
     samples = training_batches(args, task, args.size, args.batches)
     base = reset_peak_rss()
-    TrainingRun(cfg, task)(samples)
+    TrainingRun(cfg, task, args.precision)(samples)
     print(json.dumps({"peak_mib": (rss_kib("VmHWM") - base) / 1024}))
 
 
@@ -79,37 +89,51 @@ def main() -> None:
     p.add_argument("--data", help="a fairseq data-bin: train on its train split instead of synthetic pairs")
     p.add_argument("--batches", type=int, help="batches per timed round (default 6; wmt size 2)")
     p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="fp32 and/or bf16 (fairseq-train --bf16 on the CPU: autocast, fp32 weights)")
     p.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     args = p.parse_args()
     setup(args)
     if args.memory_of:
         return peak_memory_child(args)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
+    precisions = args.precisions.split(",")
+    who = contenders(precisions)
     env = environment(args.threads)
     rows, ratios, raw = [], [], {}
     for size in sizes:
         k = args.batches or (1 if args.tiny else 2 if size == "wmt" else 6)
         child_args = ["--size", size, "--batches", str(k), "--max-tokens", str(args.max_tokens),
                       *(["--tiny"] if args.tiny else []), *(["--data", args.data] if args.data else [])]
-        children = in_fresh_processes(__file__, [["--memory-of", m, *child_args] for m in MODELS], args.threads)
-        memory = {m: child["peak_mib"] for m, child in zip(MODELS, children)}
-        runs = {m: TrainingRun(*setup_task(m, size, args.data)) for m in MODELS}
-        samples = training_batches(args, runs["resmlp"].task, size, k)
+        children = in_fresh_processes(__file__, [["--memory-of", m, "--precision", pr, *child_args]
+                                                 for _, m, pr in who], args.threads)
+        memory = {name: child["peak_mib"] for (name, _, _), child in zip(who, children)}
+        runs = {name: TrainingRun(*setup_task(m, size, args.data), pr) for name, m, pr in who}
+        samples = training_batches(args, runs["resmlp"].task if "resmlp" in runs else runs[who[0][0]].task, size, k)
         tokens = sum(s["ntokens"] for s in samples)
-        seconds = interleaved({m: cycling(lambda s, r=runs[m]: r([s]), samples) for m in MODELS},
+        seconds = interleaved({name: cycling(lambda s, r=runs[name]: r([s]), samples) for name, _, _ in who},
                               k * (args.repeats or (2 if args.tiny else 5)))
-        speed = {m: tokens / pass_seconds(seconds[m], k) for m in MODELS}
-        for m in MODELS:
-            rows.append([size, m, runs[m].params / 1e6, len(samples), tokens, speed[m], memory[m]])
-        ratios.append(ratio_line(f"resmlp/transformer training tokens/s [{size}]",
-                                 paired_speedup(seconds, "resmlp", "transformer"), TARGET_SPEED))
-        ratios.append(ratio_line(f"resmlp/transformer training peak memory [{size}]",
-                                 memory["resmlp"] / memory["transformer"], TARGET_MEMORY, better_high=False))
+        speed = {name: tokens / pass_seconds(seconds[name], k) for name, _, _ in who}
+        for name, m, pr in who:
+            rows.append([size, m, pr, runs[name].params / 1e6, len(samples), tokens, speed[name], memory[name]])
+        for pr in precisions:
+            a, b = contenders([pr])[0][0], contenders([pr])[1][0]
+            ratios.append(ratio_line(f"resmlp/transformer training tokens/s [{size}, {pr}]",
+                                     paired_speedup(seconds, a, b), TARGET_SPEED))
+            ratios.append(ratio_line(f"resmlp/transformer training peak memory [{size}, {pr}]",
+                                     memory[a] / memory[b], TARGET_MEMORY, better_high=False))
+        if "fp32" in precisions and "bf16" in precisions:
+            for m in MODELS:
+                ratios.append(ratio_line(f"{m} bf16/fp32 training tokens/s [{size}]",
+                                         paired_speedup(seconds, f"{m}+bf16", m), TARGET_BF16))
+                ratios.append(ratio_line(f"{m} bf16/fp32 training peak memory [{size}]",
+                                         memory[f"{m}+bf16"] / memory[m], TARGET_MEMORY, better_high=False))
         raw[size] = {"seconds_per_step": seconds, "target_tokens": tokens, "peak_mib": memory}
     source = f"batches of {args.data}/train" if args.data else "synthetic Multi30k-like batches"
     report([(f"MT training: fwd+bwd+Adam, label-smoothed CE, {source}, --max-tokens {args.max_tokens}",
-             ["size", "model", "params M", "batches", "tgt tokens", "tokens/s", "peak MiB"], rows)],
+             ["size", "model", "precision", "params M", "batches", "tgt tokens", "tokens/s", "peak MiB"], rows)],
            ratios, env, args.out, raw=raw)
 
 

@@ -13,6 +13,9 @@
 # - 10% more training pairs, each two consecutive pairs joined into one (JOINED_PAIRS=0.1,
 #   --task translation_joined): without them every model, the Transformer too, stops after
 #   the first sentence of a longer input (README, "Long inputs").
+# - bf16 autocast (fairseq-train --bf16, fp32 weights) where the CPU multiplies bf16 natively
+#   (AVX512-BF16 or AMX), else fp32: PRECISION=fp32|bf16 chooses; every model of a comparison
+#   gets the same (README, "bf16 training").
 RESMLP_ARGS=(--arch resmlp_small --share-all-embeddings --encoder-layers 3 --decoder-layers 3
              --dropout 0.1 --token-mixing-init mean --layerscale-init 1.0)
 TOKEN_MIXING=${TOKEN_MIXING:-relative} MIXING_WINDOW=${MIXING_WINDOW:-16}
@@ -20,3 +23,9 @@ DEMO_MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing "$TOKEN_MIXING")
 [ "$TOKEN_MIXING" = relative ] && DEMO_MODEL_ARGS+=(--mixing-window "$MIXING_WINDOW")
 export LR=${LR:-3e-3} WARMUP=${WARMUP:-200} MAX_TOKENS=${MAX_TOKENS:-1024}
 export AVERAGE=${AVERAGE:-5} SAVE_EVERY=${SAVE_EVERY:-200} JOINED_PAIRS=${JOINED_PAIRS:-0.1}
+if [ -z "${PRECISION:-}" ]; then
+    PRECISION=$(python -c "from resmlp_mt import cpu_bf16; print('bf16' if cpu_bf16.native() else 'fp32')" 2>/dev/null \
+                || echo fp32)
+    echo "== precision: $PRECISION (this CPU $([ "$PRECISION" = bf16 ] && echo has || echo has no) native bf16; PRECISION=fp32|bf16 to choose)"
+fi
+export PRECISION

@@ -9,6 +9,7 @@
 # (the checkpoint scored). Settings (environment): PAIR, MINUTES, MAX_UPDATE (0: no limit), LR,
 # WARMUP, MAX_TOKENS, SEED (default 1), as in demo.sh; JOINED_PAIRS=F (default 0) adds F x the
 # training set as pairs of consecutive training pairs joined into one (--task translation_joined);
+# PRECISION=bf16 trains with --bf16 (on the CPU: bf16 autocast, fp32 weights; default fp32);
 # AVERAGE=N (default 0) saves a checkpoint
 # every SAVE_EVERY (default 100) updates and translates with the average of the last N-1 of
 # them and the final one (resmlp-average-checkpoints).
@@ -39,10 +40,17 @@ save_args=(--no-epoch-checkpoints)
 task_args=(--task translation)
 [ "${JOINED_PAIRS:-0}" != 0 ] && task_args=(--task translation_joined --joined-pairs "$JOINED_PAIRS")
 
-echo "== training for at most $MINUTES minutes: ${task_args[*]} $* (log: $OUT/train.log)"
+precision_args=()
+case "${PRECISION:-fp32}" in
+    fp32) ;;
+    bf16) precision_args=(--bf16) ;;
+    *) echo "PRECISION must be fp32 or bf16, not '$PRECISION'" >&2; exit 2 ;;
+esac
+
+echo "== training for at most $MINUTES minutes: ${task_args[*]} ${precision_args[*]} $* (log: $OUT/train.log)"
 start=$(date +%s)
 fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
-    "${task_args[@]}" --source-lang "$SRC" --target-lang "$TGT" "$@" \
+    "${task_args[@]}" "${precision_args[@]}" --source-lang "$SRC" --target-lang "$TGT" "$@" \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${LR:-1.5e-3}" \
     --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-300}" --warmup-init-lr 1e-7 --weight-decay 0.0001 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
