@@ -16,8 +16,13 @@ A training step (forward, backward, AdamW) is counted as 3x the forward FLOPs.
 Our model is the plugin's ``ResMLPImageModel`` (``build_resmlp_image``), its weights
 timm's through ``resmlp_mt.convert.from_timm``, the same path ``resmlp-convert`` takes.
 
+The training step also runs under bf16 autocast (``fairseq-train --bf16`` on the CPU,
+``resmlp_mt.cpu_bf16``; fp32 weights and AdamW), for ours and timm's, unless --no-bf16;
+its "of peak" is still against the fp32 GEMM.
+
     python bench/vision.py                 # S12 and S24 at 224 px
 """
+import contextlib
 import re
 
 import timm
@@ -25,13 +30,14 @@ import torch
 from torch import nn
 
 from benchlib import environment, interleaved, median, paired_speedup, parser, ratio_line, report, setup
+from resmlp_mt import cpu_bf16
 from resmlp_mt.convert import from_timm
 from resmlp_mt.models.resmlp_image import ARCHS as OUR_ARCHS
 from resmlp_mt.models.resmlp_image import build_resmlp_image
 
 ARCHS = {"s12": ("resmlp_12_224", "resmlp_s12"), "s24": ("resmlp_24_224", "resmlp_s24")}  # timm's name, ours
 DIM, PATCH = 384, 16
-TARGET_SPEED, TARGET_PEAK = 1.0, 0.75
+TARGET_SPEED, TARGET_PEAK, TARGET_BF16 = 1.0, 0.75, 2.0
 
 
 def pair(arch: str, num_classes: int, img_size: int):
@@ -66,6 +72,8 @@ def main() -> None:
     p.add_argument("--archs", default="s12,s24", help="comma-separated, of " + ", ".join(ARCHS))
     p.add_argument("--batch", type=int, default=32, help="the large batch for inference and training")
     p.add_argument("--gemm", type=int, default=2048, help="n of the n x n fp32 matmul that measures the peak")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="skip the training steps under bf16 autocast (fairseq-train --bf16 on the CPU)")
     args = p.parse_args()
     setup(args)
     archs = ["s12"] if args.tiny else args.archs.split(",")
@@ -95,11 +103,13 @@ def main() -> None:
                     model.train()
                     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
                     runs[name] = lambda m=model, o=opt: train_step(m, o, images, labels)
+                    if args.bf16:  # what fairseq-train --bf16 does on the CPU (resmlp_mt.cpu_bf16)
+                        runs[f"{name} bf16"] = lambda m=model, o=opt: train_step(m, o, images, labels, bf16=True)
             with torch.inference_mode(mode == "infer"):
                 seconds = interleaved(runs, repeats)
             peak = 2 * n**3 / 1e9 / median(seconds["gemm"])
             flop = fwd * batch * (3 if mode == "train" else 1)
-            for name in ("ours", "timm"):
+            for name in [n for n in runs if n != "gemm"]:
                 t = median(seconds[name])
                 rows.append([arch, f"{mode} b{batch}", name, batch / t,
                              f"{batch / max(seconds[name]):.1f}-{batch / min(seconds[name]):.1f}",
@@ -114,6 +124,10 @@ def main() -> None:
             else:
                 ratios.append(f"ratio ours/timm images/s [{arch} {mode} b{batch}]: "
                               f"{r[0]:.2f}x, quartiles {r[1]:.2f}-{r[2]:.2f}")
+            for name in ("ours", "timm"):
+                if f"{name} bf16" in seconds:
+                    ratios.append(ratio_line(f"{name} bf16/fp32 training images/s [{arch} b{batch}]",
+                                             paired_speedup(seconds, f"{name} bf16", name), TARGET_BF16))
             raw[f"{arch} {mode} b{batch}"] = seconds
         ratios.append(f"work [{arch}]: {fwd:.3g} GFLOP per {img}px image forward ({classes} classes)")
     report([(f"Vision: ResMLP ours vs timm (same weights), images/s and GFLOP/s, fp32 GEMM {n} as peak",
@@ -121,8 +135,9 @@ def main() -> None:
            ratios, env, args.out, raw=raw)
 
 
-def train_step(model, optimizer, images, labels) -> None:
-    loss = nn.functional.cross_entropy(model(images), labels)
+def train_step(model, optimizer, images, labels, bf16: bool = False) -> None:
+    with cpu_bf16.autocast() if bf16 else contextlib.nullcontext():
+        loss = nn.functional.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()

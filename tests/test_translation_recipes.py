@@ -46,6 +46,17 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
     assert out.count("\nHYP  ") == 5 and out.count("\nREF  ") == 5
     # TensorBoard logs: the epoch's and the validation's (4 updates: no --log-interval 25 line)
     assert sorted(os.listdir(tmp_path / "demo/resmlp_small/tensorboard")) == ["train", "valid"]
+    # the precision it chose and said (bf16 where the CPU has it natively: fairseq-train --bf16)
+    assert re.search(r"^== precision: (bf16|fp32) \(this CPU has (no )?native bf16", out, re.M), out[:2000]
+    # the two commands it prints at its end translate with the model it trained
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    hub, interactive = out.splitlines()[-2:]
+    assert hub.startswith("python -c ") and interactive.startswith('echo "A man is riding a bike." | fairseq-inter')
+    for command in (hub, interactive):
+        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip(), (command, proc.stderr[-3000:])
+    assert proc.stdout.startswith("D-0\t")
 
 
 @pytest.mark.slow

@@ -24,3 +24,12 @@ resmlp-prep-multi30k "${prep_args[@]}"
 
 source "$here/demo_config.sh"
 "$here/train_eval.sh" "$WORK/data" "$WORK/resmlp_small" "${DEMO_MODEL_ARGS[@]}"
+
+# Translate with the model just trained: the hub's one line and fairseq-interactive.
+model=$(cat "$WORK/resmlp_small/model.txt")
+SRC=${PAIR%-*} TGT=${PAIR#*-}
+cat <<TRY
+== translate with this model (README, "From Python and with fairseq-interactive"):
+python -c "from resmlp_mt.models.resmlp_translation import ResMLPModel as M; print(M.from_pretrained('$(dirname "$model")', checkpoint_file='$(basename "$model")', data_name_or_path='$(realpath "$WORK/data/data-bin")', bpe='sentencepiece', sentencepiece_model='$(realpath "$WORK/data/spm.model")', source_lang='$SRC', target_lang='$TGT').translate('A man is riding a bike.', beam=4))"
+echo "A man is riding a bike." | fairseq-interactive $WORK/data/data-bin --user-dir resmlp_mt --path $model --source-lang $SRC --target-lang $TGT --bpe sentencepiece --sentencepiece-model $WORK/data/spm.model --beam 4 | grep ^D-
+TRY
