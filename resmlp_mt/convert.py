@@ -12,9 +12,9 @@ classes, channels) is read off the weights, and the output is a fairseq checkpoi
 with a complete config for ``--task image_classification`` that ``fairseq-validate
 --path`` and ``fairseq-train --finetune-from-model`` load. ``--num-classes N`` puts a
 new, untrained N-class head on for fine-tuning. ``--to timm`` takes image ResMLP
-checkpoints only (a translation model has no timm counterpart) and writes a plain
-state dict only after timm's model has loaded it (strict): the success line says how,
-e.g. ``timm.create_model("resmlp_12_224", checkpoint_path=...)``.
+checkpoints only (timm has no translation model and no class-MLP stage) and writes a
+plain state dict only after timm's model has loaded it (strict): the success line says
+how, e.g. ``timm.create_model("resmlp_12_224", checkpoint_path=...)``.
 """
 import argparse
 import functools
@@ -66,6 +66,7 @@ def to_timm(state_dict: dict) -> dict:
     return _rename(state_dict, OURS_TO_TIMM, lambda v: (1, 1, -1))
 
 
+TIMM_ARCHS = [name for name, arch in ARCHS.items() if not arch.get("class_mlp_layers")]  # timm has no class-MLP
 IMAGE_KEYS = ("patch_embed.weight", "blocks.0.token_mixing.weight", "head.weight")
 # (patch, width, depth) -> timm's registered name; any resolution, class count and channels go as arguments.
 TIMM_NAMES = {(16, 384, 12): "resmlp_12_224", (16, 384, 24): "resmlp_24_224", (16, 384, 36): "resmlp_36_224",
@@ -82,7 +83,8 @@ def image_state(checkpoint: dict, path: str) -> dict:
         translation = (arch or "").startswith("resmlp") or "encoder.layers.0.token_mixing.weight" in state
         kind = " (translation)" if translation else ""
         raise ValueError(f"{path} is {what}{kind}: --to timm converts image ResMLP checkpoints only "
-                         f"(--task image_classification, --arch {'/'.join(ARCHS)}); timm has no translation models")
+                         f"(--task image_classification, --arch {'/'.join(TIMM_ARCHS)}); "
+                         f"timm has no translation models")
     return state
 
 
@@ -105,8 +107,12 @@ def timm_model(config: dict):
 
 def checked_timm_state(state_dict: dict) -> tuple:
     """Our weights in timm's names, after timm's model has loaded them strictly; and how to load them."""
+    config = model_config(state_dict)
+    if config["class_mlp_layers"]:
+        raise ValueError("it is a class-MLP model (--arch *_class_mlp): timm's ResMLP has no class-MLP stage, "
+                         "only the average over patches")
     out = to_timm(state_dict)
-    model, how = timm_model(model_config(state_dict))
+    model, how = timm_model(config)
     try:
         model.load_state_dict(out, strict=True)
     except RuntimeError as e:
@@ -127,13 +133,15 @@ def model_config(state_dict: dict) -> dict:
         embed_dim=dim,
         depth=len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")}),
         mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].size(0) / dim,
+        class_mlp_layers=len({k.split(".")[2] for k in state_dict if k.startswith("class_mlp.layers.")}),
     )
 
 
 def arch_name(config: dict) -> str:
     """The registered arch with these sizes, else the model's own name (every field explicit)."""
     for name, arch in ARCHS.items():
-        if all(config[k] == v for k, v in arch.items() if k != "layerscale_init") and config["mlp_ratio"] == 4:
+        arch = {"mlp_ratio": 4, "class_mlp_layers": 0, **arch}
+        if all(config[k] == v for k, v in arch.items() if k != "layerscale_init"):
             return name
     return "resmlp_image"
 

@@ -3,13 +3,15 @@
 Image -> non-overlapping patches, each embedded by one linear map (a strided
 convolution) -> ResMLP blocks (the translation model's block, with "full" token
 mixing over all patches and the paper's Aff norm) -> Aff -> average over patches ->
-linear classifier. No positional embedding and no class token: row i of each
-token-mixing matrix already is patch i. Activations are time-first
+linear classifier. No positional embedding and (but in the class-MLP archs below) no
+class token: row i of each token-mixing matrix already is patch i. Activations are time-first
 ``(patches, batch, channels)`` inside, so token mixing is one GEMM.
 
 The architectures are timm's ``resmlp_{12,24,36}_224`` and ``resmlp_big_24_224``
 (same modules, same parameter counts); ``resmlp_mt.convert`` maps their weights,
-and the official DeiT ones, to this model. ``build_resmlp_image`` builds one
+and the official DeiT ones, to this model. The ``*_class_mlp`` archs replace the
+average by the paper's class-MLP stage (``modules/class_mlp.py``; ResMLP-S12: 17.7M
+parameters), which timm does not have. ``build_resmlp_image`` builds one
 without fairseq.
 """
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from torch import Tensor, nn
 
 from .. import fairseq_compat
-from ..modules import Affine, ResMLPBlock
+from ..modules import Affine, ClassMLP, ResMLPBlock
 
 # name -> what it sets (img_size is the task's --img-size); the rest keep the config's defaults.
 ARCHS = {
@@ -32,6 +34,9 @@ ARCHS = {
     "resmlp_tiny_28": dict(img_size=28, patch_size=4, embed_dim=64, depth=4, layerscale_init=0.1),
     "resmlp_tiny_32": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, layerscale_init=0.1),
 }
+# The paper's class-MLP variant of each: the same trunk, a class token and 2 class-MLP layers instead of the average.
+ARCHS.update({f"{name}_class_mlp": dict(ARCHS[name], class_mlp_layers=2)
+              for name in ("resmlp_s12", "resmlp_s24", "resmlp_tiny_28", "resmlp_tiny_32")})
 
 
 @dataclass
@@ -48,6 +53,10 @@ class ResMLPImageConfig(FairseqDataclass):
     )
     drop_path: float = field(
         default=0.0, metadata={"help": "stochastic depth rate, the same in every block (as the official code)"}
+    )
+    class_mlp_layers: int = field(
+        default=0, metadata={"help": "0: average the patches (the paper's main models); K > 0: a class token "
+                                     "read by K class-MLP layers instead (the paper's class-MLP variant: 2)"}
     )
 
 
@@ -80,6 +89,7 @@ class ResMLPImageModel(BaseFairseqModel):
         mlp_ratio: float = 4.0,
         layerscale_init: float = 0.1,
         drop_path: float = 0.0,
+        class_mlp_layers: int = 0,
     ):
         super().__init__()
         if img_size % patch_size:
@@ -99,7 +109,9 @@ class ResMLPImageModel(BaseFairseqModel):
             )
             for _ in range(depth)
         )
-        self.norm = Affine(embed_dim)
+        self.class_mlp = ClassMLP(embed_dim, self.grid_size**2, class_mlp_layers, int(mlp_ratio * embed_dim),
+                                  layerscale_init) if class_mlp_layers else None
+        self.norm = Affine(embed_dim)  # the trunk's last Aff; with class-MLP, CaiT's final norm on the class token
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_linear)
 
@@ -121,6 +133,8 @@ class ResMLPImageModel(BaseFairseqModel):
         x = self.patch_embed(images).flatten(2).permute(2, 0, 1).contiguous()  # (patches, B, d)
         for block in self.blocks:
             x = block(x)
+        if self.class_mlp is not None:
+            return self.head(self.norm(self.class_mlp(x)))
         return self.head(self.norm(x).mean(0))
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
@@ -137,7 +151,16 @@ class ResMLPImageModel(BaseFairseqModel):
                 f"the checkpoint mixes {mixing.size(0)} patches, this model {self.grid_size ** 2} "
                 f"({self.img_size}x{self.img_size} images): use the checkpoint's --img-size and --patch-size"
             )
+        layers = len({k.split(".")[2] for k in state_dict if k.startswith("class_mlp.layers.")})
+        ours = 0 if self.class_mlp is None else len(self.class_mlp.layers)
+        if layers != ours:
+            raise ValueError(f"the checkpoint has {_class_mlp_text(layers)}, this model {_class_mlp_text(ours)}: "
+                             f"use the checkpoint's --arch (or --class-mlp-layers)")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def _class_mlp_text(layers: int) -> str:
+    return f"{layers} class-MLP layers" if layers else "no class-MLP stage (it averages the patches)"
 
 
 def build_resmlp_image(arch: str, num_classes: int = 1000, img_size=None, in_chans: int = 3, **overrides):
