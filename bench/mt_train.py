@@ -20,8 +20,6 @@ import json
 
 from fairseq import optim
 
-from resmlp_mt import cpu_bf16
-
 from benchlib import (
     cycling,
     environment,
@@ -37,6 +35,7 @@ from benchlib import (
     setup,
 )
 from mtlib import MODELS, SIZES, batches, multi30k_like, setup_task
+from resmlp_mt import cpu_bf16
 
 TARGET_SPEED, TARGET_MEMORY, TARGET_BF16 = 1.3, 1.0, 2.0
 
