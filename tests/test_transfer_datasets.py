@@ -193,3 +193,27 @@ def test_fairseq_train_and_validate_on_stanford_cars(tmp_path):
     log = out.stdout + out.stderr
     assert "test (stanford-cars test set in" in log and "4 images, 196 classes" in log, log[-3000:]
     assert re.search(r"valid on 'test' subset \| loss [\d.]+ \| nsentences 4 \| accuracy [\d.]+", log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_fine_tuning_recipe_from_imagenet_weights_with_a_new_head(tmp_path):
+    """examples/image/README.md: timm's ImageNet weights -> resmlp-convert --num-classes 196 ->
+    fairseq-train --finetune-from-model on Stanford Cars."""
+    import timm
+    import torch
+
+    from resmlp_mt import convert
+
+    write_stanford_cars(tmp_path / "data")
+    torch.save(timm.create_model("resmlp_12_224", img_size=32).state_dict(), tmp_path / "imagenet.pth")
+    assert convert.main([str(tmp_path / "imagenet.pth"), str(tmp_path / "cars.pt"), "--num-classes", "196",
+                         "--data", str(tmp_path / "data"), "--dataset", "stanford-cars"]) == 0
+    out = run_cli("fairseq-train", tmp_path / "data", "--user-dir", USER_DIR, "--task", "image_classification",
+                  "--dataset", "stanford-cars", "--arch", "resmlp_s12", "--img-size", "32", "--cpu",
+                  "--finetune-from-model", tmp_path / "cars.pt", "--criterion", "image_cross_entropy",
+                  "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.01", "--weight-decay", "1e-4",
+                  "--reprob", "0", "--max-update", "1", "--batch-size", "6", "--no-save", "--log-format", "simple")
+    log = out.stdout + out.stderr
+    assert f"loading pretrained model from {tmp_path / 'cars.pt'}" in log, log[-3000:]
+    assert re.search(r"Loaded checkpoint .*cars.pt \(epoch 1 @ 0 updates\)", log), log[-3000:]
+    assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| nsentences 4 \| accuracy", log), log[-3000:]
