@@ -2,8 +2,8 @@
 smoothing (``image_cross_entropy``), and DeiT's hard distillation (``hard_distillation``).
 
 Both report top-1 ``accuracy`` and ``top5`` (in %) whenever the targets are hard labels
-(validation, or training without Mixup), and ``nsentences``, the number of images
-evaluated. Losses are in nats, as in timm and DeiT.
+(validation, or training without Mixup), ``real_accuracy`` (ImageNet-ReaL top-1) when the
+task has ``--real-labels``, and ``nsentences``, the number of images evaluated. Losses are in nats, as in timm and DeiT.
 """
 import os
 from dataclasses import dataclass, field
@@ -20,6 +20,8 @@ from omegaconf import MISSING
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor
+
+from ..image.real_labels import real_counts
 
 
 @dataclass
@@ -69,6 +71,8 @@ class ImageCrossEntropyCriterion(FairseqCriterion):
         if target.dim() == 1:  # hard labels
             top = logits.topk(min(5, logits.size(1)), dim=1).indices.eq(target.unsqueeze(1))
             logging_output.update(ncorrect=top[:, 0].sum().item(), ncorrect5=top.any(1).sum().item())
+            if "real_labels" in sample:  # --real-labels: ImageNet-ReaL top-1
+                logging_output["nreal_correct"], logging_output["nreal"] = real_counts(logits, sample["real_labels"])
         return loss, n, logging_output
 
     def mix(self, images: Tensor, target: Tensor):
@@ -97,6 +101,9 @@ class ImageCrossEntropyCriterion(FairseqCriterion):
         if scored:
             metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / scored, scored, round=2)
             metrics.log_scalar("top5", 100.0 * total("ncorrect5") / scored, scored, round=2)
+        real = total("nreal")
+        if real:
+            metrics.log_scalar("real_accuracy", 100.0 * total("nreal_correct") / real, real, round=2)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

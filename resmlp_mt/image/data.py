@@ -15,14 +15,19 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torchvision
 from fairseq.data import FairseqDataset
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from .class_folders import ClassFolderError, image_folder_class
+from .real_labels import collate_real_labels
+from .transfer import open_transfer_split
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ class NamedDataset:
     torchvision_class: str
     num_classes: int
     in_chans: int
-    img_size: int  # the images' own resolution
+    img_size: Optional[int]  # the images' own resolution; None: photographs of any size
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
 
@@ -46,7 +51,13 @@ NAMED = {
     "mnist": NamedDataset("MNIST", 10, 1, 28, (0.1307,), (0.3081,)),
     "cifar10": NamedDataset("CIFAR10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": NamedDataset("CIFAR100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    # The transfer sets (transfer.py): photographs, normalised as ImageNet, for ImageNet-trained models.
+    "flowers102": NamedDataset("Flowers102", 102, 3, None, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    "stanford-cars": NamedDataset("StanfordCars", 196, 3, None, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    "inat2018": NamedDataset("INaturalist", 8142, 3, None, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    "inat2019": NamedDataset("INaturalist", 1010, 3, None, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
 }
+DEFAULT_IMG_SIZE = 224  # for the photographs, when neither --img-size nor the arch sets one
 
 
 def require_dir(path: str, what: str) -> str:
@@ -98,8 +109,9 @@ def describe_counts(targets, classes: List[str]) -> str:
     return text + f"from {fewest} ({a}) to {most} ({b}) per class"
 
 
-def image_folder(root: str) -> torchvision.datasets.ImageFolder:
-    """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for link loops and empty classes."""
+def image_folder(root: str, class_order: str = "names") -> torchvision.datasets.ImageFolder:
+    """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for link loops and empty classes;
+    ``class_order`` as ``--class-folders`` (class_folders.py)."""
     require_dir(root, "image folder")
     check_link_loops(root)
     skipped: List[str] = []
@@ -111,11 +123,13 @@ def image_folder(root: str) -> torchvision.datasets.ImageFolder:
         return False
 
     try:
-        folder = torchvision.datasets.ImageFolder(root, loader=load_rgb, is_valid_file=is_image, allow_empty=True)
+        folder = image_folder_class(class_order)(root, loader=load_rgb, is_valid_file=is_image, allow_empty=True)
+    except ClassFolderError as e:
+        raise ImageDataError(str(e)) from e
     except FileNotFoundError as e:  # no class sub-folder at all
         raise ImageDataError(f"{root} has no class sub-folders (expected {root}/CLASS/IMAGE.jpg): {e}") from e
     counts = np.bincount(folder.targets, minlength=len(folder.classes))
-    empty = [os.path.join(root, c) for c, n in zip(folder.classes, counts) if n == 0]
+    empty = [os.path.join(root, folder.classes[i]) for i in np.flatnonzero(counts == 0)]
     if empty:
         raise ImageDataError(
             f"class folder(s) without images: {', '.join(empty)} (extensions: {', '.join(IMG_EXTENSIONS)})"
@@ -163,6 +177,8 @@ def named_dataset(name: str, root: str, train: bool):
     """A torchvision dataset from ``root``; downloaded there by torchvision only if absent."""
     info = NAMED[name]
     require_dir(root, f"{name} data root")
+    if info.img_size is None:
+        return open_transfer_split(name, root, train, load_rgb)
     if info.torchvision_class.endswith("MNIST"):
         prefix = "train" if train else "t10k"
         files = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
@@ -208,8 +224,9 @@ class ImageDataset(FairseqDataset):
     augmented images, with any ``--num-workers``, and a resumed run as well.
     """
 
-    def __init__(self, source, transform: Callable, shuffle: bool = False, seed: int = 1):
+    def __init__(self, source, transform: Callable, shuffle: bool = False, seed: int = 1, real_labels=None):
         self.source, self.transform, self.shuffle, self.seed = source, transform, shuffle, seed
+        self.real_labels = real_labels  # per example, its ImageNet-ReaL set (real_labels.py), or None
         self.epoch = 1
 
     def __len__(self) -> int:
@@ -219,18 +236,24 @@ class ImageDataset(FairseqDataset):
         if self.shuffle:
             reseed(self.seed, self.epoch, index)
         image, target = self.source[index]
-        return {"id": index, "image": self.transform(image), "target": target}
+        item = {"id": index, "image": self.transform(image), "target": target}
+        if self.real_labels is not None:
+            item["real"] = self.real_labels[index]
+        return item
 
     def collater(self, samples: List[dict]) -> dict:
         if not samples:
             return {}
-        return {
+        batch = {
             "id": torch.tensor([s["id"] for s in samples]),
             "nsentences": len(samples),
             "ntokens": len(samples),
             "net_input": {"images": torch.stack([s["image"] for s in samples])},
             "target": torch.tensor([s["target"] for s in samples]),
         }
+        if self.real_labels is not None:
+            batch["real_labels"] = collate_real_labels([s["real"] for s in samples])
+        return batch
 
     def num_tokens(self, index: int) -> int:
         return 1

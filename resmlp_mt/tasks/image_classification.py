@@ -1,10 +1,14 @@
 """``--task image_classification``: ImageFolder trees and torchvision datasets for fairseq.
 
 Data: ``DATA/train/CLASS/*.jpg``, ``DATA/val/CLASS/*.jpg`` (``--valid-subset``
-``valid`` reads ``DATA/val`` when there is no ``DATA/valid``), or with ``--dataset
+``valid`` reads ``DATA/val`` when there is no ``DATA/valid``; ``--class-folders numeric``
+for folders named by class index, as ImageNet-V2's), or with ``--dataset
 fashion-mnist|mnist|cifar10|cifar100`` the root of that torchvision dataset (Debian's
-``/usr/share/datasets/fashion-mnist`` works as is). Those have no validation split:
-every split but ``train`` is their official test set.
+``/usr/share/datasets/fashion-mnist`` works as is), or of a transfer set,
+``flowers102|stanford-cars|inat2018|inat2019`` (``image/transfer.py``; 224 pixels unless
+the arch or ``--img-size`` says otherwise). Those have no validation split: every split
+but ``train`` is their official test (or, iNaturalist, val) set. ``--real-labels`` adds
+ImageNet-ReaL top-1 to the evaluation of ImageNet's validation images.
 
 Augmentation is timm's (DeiT's defaults: RandAugment, random erasing, bicubic
 random-resized crops); Mixup/CutMix and label smoothing belong to the criterion
@@ -23,9 +27,19 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torchvision.datasets.folder import find_classes
 
-from ..image.data import NAMED, ImageDataError, ImageDataset, describe_counts, image_folder, named_dataset, require_dir
+from ..image.class_folders import ORDERS, ClassFolderError, class_folders
+from ..image.data import (
+    DEFAULT_IMG_SIZE,
+    NAMED,
+    ImageDataError,
+    ImageDataset,
+    describe_counts,
+    image_folder,
+    named_dataset,
+    require_dir,
+)
+from ..image.real_labels import read_real_json, real_labels_for
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,14 @@ class ImageClassificationConfig(FairseqDataclass):
     crop_pct: Optional[float] = field(
         default=None, metadata={"help": "evaluation centre crop / resized image; default 0.9 (ResMLP's), "
                                         "1.0 for a named dataset at its own resolution"}
+    )
+    class_folders: ChoiceEnum(ORDERS) = field(
+        default="names", metadata={"help": "ImageFolder class order: names (sorted, torchvision's) or numeric "
+                                           "(folders 0 ... N-1 are the class indices: ImageNet-V2)"}
+    )
+    real_labels: Optional[str] = field(
+        default=None, metadata={"help": "ImageNet-ReaL labels (real.json, or 'timm' for timm's copy): the "
+                                        "evaluation splits also report real_accuracy"}
     )
     no_augment: bool = field(default=False, metadata={"help": "train on the evaluation transform"})
     aa: str = field(default="rand-m9-mstd0.5-inc1", metadata={"help": "timm auto-augment policy, or none"})
@@ -73,12 +95,17 @@ class ImageClassificationTask(FairseqTask):
     def setup_task(cls, cfg: ImageClassificationConfig, **kwargs):
         if cfg.dataset in NAMED:
             info = NAMED[cfg.dataset]
+            if info.img_size is None and cfg.img_size is None:
+                cfg.img_size = DEFAULT_IMG_SIZE
             return cls(cfg, [str(c) for c in range(info.num_classes)], info.in_chans, info.mean, info.std)
         root = require_dir(cfg.data, "image data directory")
         splits = [s for s in ("train", "val", "valid", "test") if os.path.isdir(os.path.join(root, s))]
         if not splits:
             raise ImageDataError(f"{root} has none of the split folders train/, val/, valid/, test/")
-        classes, _ = find_classes(os.path.join(root, splits[0]))
+        try:
+            classes, _ = class_folders(os.path.join(root, splits[0]), cfg.class_folders)
+        except ClassFolderError as e:
+            raise ImageDataError(str(e)) from e
         return cls(cfg, classes, 3, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs):
@@ -89,14 +116,22 @@ class ImageClassificationTask(FairseqTask):
             where = f"{cfg.dataset} {'train' if train else 'test'} set in {cfg.data}"
         else:
             where = self._split_dir(cfg.data, split)
-            source = image_folder(where)
+            source = image_folder(where, getattr(cfg, "class_folders", "names"))  # older checkpoints' cfg lack it
             if source.classes != self.classes:
                 raise ImageDataError(
                     f"{source.root} has {len(source.classes)} classes {source.classes[:10]}, but the task has "
                     f"{self.num_classes} {self.classes[:10]}: every split needs the same class folders"
                 )
         logger.info(f"{split} ({where}): {describe_counts(source.targets, self.classes)}")
-        self.datasets[split] = ImageDataset(source, self.transform(cfg, train), shuffle=train, seed=cfg.seed)
+        real = None
+        if getattr(cfg, "real_labels", None) and not train:
+            if cfg.dataset in NAMED:
+                raise ImageDataError(f"--real-labels labels ImageNet's validation images, not {cfg.dataset}")
+            table = read_real_json(cfg.real_labels)
+            real = real_labels_for([path for path, _ in source.samples], table, self.num_classes, cfg.real_labels)
+            logger.info(f"{split}: ImageNet-ReaL labels for {sum(map(bool, real))} of {len(real)} images")
+        self.datasets[split] = ImageDataset(source, self.transform(cfg, train), shuffle=train, seed=cfg.seed,
+                                            real_labels=real)
 
     @staticmethod
     def _split_dir(root: str, split: str) -> str:
