@@ -1,5 +1,4 @@
 """Linear probes: --freeze-trunk trains the classifier only, --new-head replaces one of another class count."""
-import os
 import re
 
 import pytest
@@ -29,7 +28,8 @@ def test_frozen_trunk_has_no_gradients_and_stays_in_eval_mode():
 def test_class_mlp_trunk_freezes_too():
     model = build_resmlp_image("resmlp_tiny_28_class_mlp", num_classes=3, in_chans=3, freeze_trunk=True, **SMALL)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trained == ["head.weight", "head.bias"] and model.forward_features(torch.randn(2, 3, 16, 16)).shape == (2, 16)
+    assert trained == ["head.weight", "head.bias"]
+    assert model.forward_features(torch.randn(2, 3, 16, 16)).shape == (2, 16)
 
 
 def test_new_head_keeps_the_trunk_and_its_own_classifier():
