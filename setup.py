@@ -39,6 +39,7 @@ setup(
             "resmlp-show-mixing=resmlp_mt.visualize:main",
             "resmlp-export-safe=resmlp_mt.safe_load:main",
             "resmlp-plot-curves=resmlp_mt.cli.plot_curves:main",
+            "resmlp-knn=resmlp_mt.cli.knn:main",
         ]
     },
 )

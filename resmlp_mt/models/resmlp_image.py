@@ -58,6 +58,15 @@ class ResMLPImageConfig(FairseqDataclass):
         default=0, metadata={"help": "0: average the patches (the paper's main models); K > 0: a class token "
                                      "read by K class-MLP layers instead (the paper's class-MLP variant: 2)"}
     )
+    freeze_trunk: bool = field(
+        default=False, metadata={"help": "linear probe: train the classifier only; everything before it keeps its "
+                                         "weights (requires_grad=False) and runs in eval mode (no drop-path)"}
+    )
+    new_head: bool = field(
+        default=False, metadata={"help": "when loaded weights (--finetune-from-model) classify another number of "
+                                         "classes than the data have, keep this model's new classifier instead of "
+                                         "failing"}
+    )
 
 
 CONFIG_FIELDS = tuple(f for f in ResMLPImageConfig.__dataclass_fields__ if f != "_name")
@@ -90,8 +99,11 @@ class ResMLPImageModel(BaseFairseqModel):
         layerscale_init: float = 0.1,
         drop_path: float = 0.0,
         class_mlp_layers: int = 0,
+        freeze_trunk: bool = False,
+        new_head: bool = False,
     ):
         super().__init__()
+        self.freeze_trunk, self.new_head = freeze_trunk, new_head
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
@@ -114,6 +126,9 @@ class ResMLPImageModel(BaseFairseqModel):
         self.norm = Affine(embed_dim)  # the trunk's last Aff; with class-MLP, CaiT's final norm on the class token
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_linear)
+        if freeze_trunk:
+            for name, param in self.named_parameters():
+                param.requires_grad_(name.startswith("head."))
 
     @classmethod
     def build_model(cls, cfg: ResMLPImageConfig, task):
@@ -123,7 +138,22 @@ class ResMLPImageModel(BaseFairseqModel):
         config = {name: getattr(cfg, name) for name in CONFIG_FIELDS}
         return cls(task.num_classes, task.in_chans, task.cfg.img_size, **config)
 
+    def train(self, mode: bool = True):
+        """With ``freeze_trunk`` the trunk stays in eval mode (no stochastic depth) while the head trains:
+        its features are then the ones a probe (or kNN) of the trained model sees."""
+        super().train(mode)
+        if self.freeze_trunk:
+            for name, module in self.named_children():
+                if name != "head":
+                    module.train(False)
+        return self
+
     def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.forward_features(images))
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The pooled representation ``(B, d)`` the classifier reads (after the final Aff): the features
+        of kNN evaluation and linear probes."""
         if images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
             raise InputSizeError(
                 f"this model takes {self.in_chans}x{self.img_size}x{self.img_size} images (channels x height x width), "
@@ -134,16 +164,18 @@ class ResMLPImageModel(BaseFairseqModel):
         for block in self.blocks:
             x = block(x)
         if self.class_mlp is not None:
-            return self.head(self.norm(self.class_mlp(x)))
-        return self.head(self.norm(x).mean(0))
+            return self.norm(self.class_mlp(x))
+        return self.norm(x).mean(0)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""
         head = state_dict.get("head.weight")
-        if head is not None and head.size(0) != self.num_classes:
+        if head is not None and head.size(0) != self.num_classes and self.new_head:
+            state_dict = {**state_dict, **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+        elif head is not None and head.size(0) != self.num_classes:
             raise ValueError(
                 f"the checkpoint classifies {head.size(0)} classes but the data have {self.num_classes}: "
-                f"evaluate it on data with the same classes (or convert it with --num-classes for fine-tuning)"
+                f"evaluate it on data with the same classes (or, for fine-tuning or a probe, pass --new-head)"
             )
         mixing = state_dict.get("blocks.0.token_mixing.weight")
         if mixing is not None and mixing.size(0) != self.grid_size**2:
