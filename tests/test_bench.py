@@ -2,6 +2,7 @@
 
 No timing is asserted: the numbers depend on the machine and its load.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ sys.path.insert(0, BENCH)
 SCRIPTS = {
     "mt_train.py": ("== MT training", "ratio resmlp/transformer training tokens/s [tiny]"),
     "mt_generate.py": ("== MT generation", "ratio resmlp/transformer beam-4 sentences/s [tiny]"),
+    "gpu.py": ("== GPU bench", "ratio resmlp/transformer fairseq-train wps [tiny, fp32]"),
     "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
     "decode_step.py": ("== Decoding step", "relative step at t=60 vs t=4"),
 }
@@ -59,6 +61,29 @@ def test_tiny_generation_times_alignments_off_against_the_code_before_them(tiny_
     assert "ratio resmlp beam-4 sentences/s, alignments off / baseline without alignment code [tiny]" in stdout
     assert ("need_attn False and no cross-attention call asks for weights: yes; alignments on: every hypothesis "
             "has an alignment: yes; the variants of each model find the same hypotheses: yes") in stdout
+
+
+@pytest.mark.slow
+def test_tiny_gpu_bench_runs_every_cpu_path(tiny_runs):
+    """fairseq-preprocess, fairseq-train (timed runs and parity runs), generation, vision."""
+    code, stdout, stderr, json_file = tiny_runs["gpu.py"]
+    assert code == 0, stderr[-3000:]
+    for line in ("fairseq-train words/s (wps), fp32", "loss at update 10: fp32 vs fp32", "beam-4 sentences/s, fp32",
+                 "ResMLP-S12 inference images/s, fp32", "ResMLP-S12 training step (AdamW) images/s, fp32"):
+        assert line in stdout, stdout
+    # two fp32 runs of the same seed on the CPU: the same loss
+    assert stdout.count("relative difference 0.000% (a determinism check on the CPU") == 2, stdout
+    raw = json.loads(json_file.read_text())["raw"]
+    assert [r["num_updates"] for r in raw["training"]["resmlp fp32"]["records"]] == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_gpu_bench_without_a_gpu_says_so():
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "gpu.py")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode != 0
+    assert "no CUDA GPU is visible" in proc.stderr and "--tiny" in proc.stderr
 
 
 def test_decoder_before_alignments_computes_what_the_decoder_computes():
