@@ -182,7 +182,8 @@ def alignment_costs(args, size: str, models: dict):
             requests, hypos = weight_requests(copied, run, samples[0])
             tokens = [h[0]["tokens"].tolist() for h in hypos]
             reference = reference or tokens
-            need_attn = any(getattr(m, "need_attn", False) is True for m in copied.decoder.modules())
+            # fairseq's prepare_for_inference_ passes --print-alignment itself ("hard") as need_attn
+            need_attn = any(bool(getattr(m, "need_attn", False)) for m in copied.decoder.modules())
             checks[(name, variant)] = {"weight_requests": requests, "same_hypotheses": tokens == reference,
                                        "need_attn": need_attn,
                                        "alignments": all("alignment" in h[0] for h in hypos)}
