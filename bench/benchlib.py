@@ -122,13 +122,19 @@ def environment(threads: int) -> dict:
     import fairseq
     import timm
 
+    gpu = torch.cuda.is_available()
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
         "load_average_1min": round(os.getloadavg()[0], 2),
+        # the first visible GPU, the one the benches use; None without CUDA
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
+        "gpus_visible": torch.cuda.device_count() if gpu else 0,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda if gpu else None,
         "fairseq": fairseq.__version__,
         "timm": timm.__version__,
     }
@@ -159,9 +165,13 @@ def report(
             print(line(r))
     for r in ratios:
         print(r)
+    gpu = (f"; GPU: {env['gpu']}, {env['gpu_memory_gib']} GiB ({env['gpus_visible']} visible, the first used)"
+           if env.get("gpu") else "")
     print(f"machine: {env['cpu']}, {env['cores']} cores, {env['threads']} torch threads, "
-          f"1-min load average {env['load_average_1min']} at start")
-    print(f"versions: python {env['python']}, torch {env['torch']}, fairseq {env['fairseq']}, timm {env['timm']}")
+          f"1-min load average {env['load_average_1min']} at start{gpu}")
+    cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
+    print(f"versions: python {env['python']}, torch {env['torch']}{cuda}, fairseq {env['fairseq']}, "
+          f"timm {env['timm']}")
     if out:
         with open(out, "w") as f:
             json.dump({"environment": env, "tables": [{"title": t, "columns": c, "rows": r} for t, c, r in tables],

@@ -20,16 +20,19 @@ channel x layer).
     python bench/mt_generate.py                    # demo and wmt sizes, synthetic sources
     python bench/mt_generate.py --data DATA_BIN    # fairseq-generate on DATA_BIN's test split
 """
-import functools
+import copy
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 import torch
+from fairseq import utils
+from fairseq.modules import MultiheadAttention
 from omegaconf import OmegaConf
 
 from benchlib import (
@@ -48,6 +51,7 @@ from benchlib import (
 from mtlib import MODELS, SIZES, batches, build, multi30k_like
 
 TARGET = 1.3
+TARGET_ALIGN_OFF = 0.97  # alignments off: no slower than the decoder without alignment code (3% for noise)
 TRANSLATED = re.compile(r"Translated ([\d,]+) sentences .* \(([\d.]+) sentences/s")
 
 
@@ -55,19 +59,156 @@ def generation_args(args):
     return {"beam": 4, "min_len": args.length, "max_len_a": 0, "max_len_b": args.length}
 
 
-def in_process(args, size: str, models: dict):
-    """Seconds per beam search over each batch of synthetic sources, models alternating batch by batch."""
-    task = models["resmlp"][1]
+def prepared(args, cfg, task, model, **generation):
+    """(model, generator) as fairseq-generate sets them up, for a copy of ``model`` (it is left
+    as it was): the generation config (``generation_args``, then ``generation``, e.g.
+    ``print_alignment="hard"``); ``prepare_for_inference_`` from it, which sets need_attn from
+    --print-alignment and leaves only the last of the Transformer's decoder layers returning
+    attention weights; the task's generator (``SequenceGeneratorWithAlignment`` with
+    --print-alignment)."""
+    cfg, model = copy.deepcopy(cfg), copy.deepcopy(model)
+    for key, value in {**generation_args(args), **generation}.items():
+        setattr(cfg.generation, key, value)
+    model.prepare_for_inference_(cfg)
+    return model, task.build_generator([model], cfg.generation)
+
+
+def synthetic_batches(args, size: str, task, device: str = "cpu"):
+    """(sentences, batches of --batch-size synthetic Multi30k-like sources), on ``device``."""
     dataset = multi30k_like(task, args.sentences, SIZES[size]["positions"])
     samples = batches(task, dataset, SIZES[size]["positions"], None, max_sentences=args.batch_size)
-    runs = {}
-    for name, (cfg, task, model) in models.items():
-        for key, value in generation_args(args).items():
-            setattr(cfg.generation, key, value)
-        generator = task.build_generator([model], cfg.generation)
-        runs[name] = cycling(functools.partial(task.inference_step, generator, [model]), samples)
+    return len(dataset), [utils.move_to_cuda(s) for s in samples] if device == "cuda" else samples
+
+
+def beam_search(task, model, generator, device: str = "cpu"):
+    """``run(sample)``: one beam search as fairseq-generate runs it (``task.inference_step``),
+    finished on the device when that is a GPU (the timer reads the host clock)."""
+    def run(sample):
+        hypos = task.inference_step(generator, [model], sample)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return hypos
+
+    return run
+
+
+def in_process(args, size: str, models: dict, device: str = "cpu"):
+    """Seconds per beam search over each batch of synthetic sources, models alternating batch by
+    batch. ``models``: name -> (cfg, task, model), the models already on ``device``."""
+    sentences, samples = synthetic_batches(args, size, models["resmlp"][1], device)
+    runs = {name: cycling(beam_search(task, *prepared(args, cfg, task, model), device), samples)
+            for name, (cfg, task, model) in models.items()}
     seconds = interleaved(runs, len(samples) * (args.repeats or (1 if args.tiny else 3)))
-    return len(dataset), {m: pass_seconds(s, len(samples)) for m, s in seconds.items()}, seconds
+    return sentences, {m: pass_seconds(s, len(samples)) for m, s in seconds.items()}, seconds
+
+
+def decoder_before_alignments(model):
+    """A copy of the ResMLP ``model`` whose decoder runs the code it ran before alignments
+    existed (commit 512986a): ``forward`` and ``extract_features`` without the alignment
+    branch, returning no attention. The baseline that "alignments off" is timed against;
+    tests/test_bench.py checks that it computes what the decoder computes. (The encoder's
+    count of each source's left padding, one comparison per source token and batch, stays.)"""
+    from resmlp_mt.models.resmlp_translation import _beam_size, check_length, encoder_states, moved_to_the_left
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **kwargs):
+        x = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, {"attn": [None], "inner_states": None}
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        check_length(prev_output_tokens.size(1), self.max_target_positions, "target", self.relative)
+        prev_output_tokens, restore = moved_to_the_left(prev_output_tokens, self.embed_tokens.padding_idx,
+                                                        incremental=incremental_state is not None)
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # earlier positions are cached
+        x = self.dropout_module(self.embed_scale * self.embed_tokens(prev_output_tokens)).transpose(0, 1).contiguous()
+        enc = enc_mask = None
+        if encoder_out is not None:
+            enc_mask = encoder_out["encoder_padding_mask"][0]
+            if not self._cross_attention_cached(incremental_state):
+                enc = encoder_states(encoder_out)
+                if incremental_state is not None:
+                    self.set_beam_size(_beam_size(encoder_out))
+                    self.set_incremental_state(incremental_state, "cross_attention", {"cached": enc.new_ones(())})
+        for layer in self.layers:
+            x = layer(x, incremental_state=incremental_state, encoder_out=enc, encoder_padding_mask=enc_mask)
+        return restore(self.final_norm(x).transpose(0, 1))
+
+    baseline = copy.deepcopy(model)
+    baseline.decoder.forward = types.MethodType(forward, baseline.decoder)
+    baseline.decoder.extract_features = types.MethodType(extract_features, baseline.decoder)
+    return baseline
+
+
+ALIGNMENT_VARIANTS = {  # name: (print_alignment, a copy of the model before alignments existed)
+    "baseline": (None, True), "off": (None, False), "on (hard)": ("hard", False)}
+
+
+def weight_requests(model, run, sample):
+    """(how many cross-attention calls of one beam search over ``sample`` asked for attention
+    weights (``need_weights``; 0: the decoder computed none), the hypotheses)."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(bool(kwargs.get("need_weights")))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.decoder.modules()
+               if isinstance(m, MultiheadAttention) and m.encoder_decoder_attention]
+    try:
+        hypos = run(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(calls), hypos
+
+
+def alignment_costs(args, size: str, models: dict):
+    """Beam search with and without --print-alignment hard, each model prepared as fairseq-generate
+    prepares it (own copy per variant), and ResMLP also as it was before alignments existed;
+    all variants of both models alternate batch by batch. Before timing, one untimed batch
+    per variant counts the cross-attention calls that asked for weights, and checks that the
+    variants of a model find the same hypotheses."""
+    sentences, samples = synthetic_batches(args, size, models["resmlp"][1])
+    runs, checks = {}, {}
+    for name, (cfg, task, model) in models.items():
+        reference = None
+        for variant, (alignment, before) in ALIGNMENT_VARIANTS.items():
+            if before and name != "resmlp":
+                continue
+            copied, generator = prepared(args, cfg, task, decoder_before_alignments(model) if before else model,
+                                         print_alignment=alignment)
+            run = beam_search(task, copied, generator)
+            requests, hypos = weight_requests(copied, run, samples[0])
+            tokens = [h[0]["tokens"].tolist() for h in hypos]
+            reference = reference or tokens
+            # fairseq's prepare_for_inference_ passes --print-alignment itself ("hard") as need_attn
+            need_attn = any(bool(getattr(m, "need_attn", False)) for m in copied.decoder.modules())
+            checks[(name, variant)] = {"weight_requests": requests, "same_hypotheses": tokens == reference,
+                                       "need_attn": need_attn,
+                                       "alignments": all("alignment" in h[0] for h in hypos)}
+            runs[(name, variant)] = cycling(run, samples)
+    seconds = interleaved(runs, len(samples) * (args.repeats or (1 if args.tiny else 3)))
+    return sentences, {k: pass_seconds(s, len(samples)) for k, s in seconds.items()}, seconds, checks
+
+
+def alignment_ratios(size: str, seconds: dict, checks: dict) -> list:
+    """The ratio lines of ``alignment_costs``: off against the baseline (the target: no slower),
+    on against off (what alignments cost), and the checks behind them."""
+    lines = [ratio_line(f"resmlp beam-4 sentences/s, alignments off / baseline without alignment code [{size}]",
+                        paired_speedup(seconds, ("resmlp", "off"), ("resmlp", "baseline")), TARGET_ALIGN_OFF)]
+    for model in MODELS:
+        r = paired_speedup(seconds, (model, "on (hard)"), (model, "off"))
+        lines.append(f"cost of --print-alignment [{model}, {size}]: with it, beam search runs at {r[0]:.2f}x "
+                     f"the speed without (quartiles {r[1]:.2f}-{r[2]:.2f})")
+    off_clean = all(checks[k]["weight_requests"] == 0 and not checks[k]["need_attn"]
+                    for k in (("resmlp", "baseline"), ("resmlp", "off")))
+    lines.append(f"check [{size}]: resmlp with alignments off: need_attn False and no cross-attention call asks "
+                 f"for weights: {'yes' if off_clean else 'NO'}; alignments on: every hypothesis has an "
+                 f"alignment: {'yes' if all(checks[(m, 'on (hard)')]['alignments'] for m in MODELS) else 'NO'}; "
+                 f"the variants of each model find the same hypotheses: "
+                 f"{'yes' if all(c['same_hypotheses'] for c in checks.values()) else 'NO'}")
+    return lines
 
 
 def checkpoint(cfg, model, path: str) -> str:
@@ -162,13 +303,15 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=1000, help="synthetic sources to translate (no --data)")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per batch, as fairseq-generate --batch-size")
     p.add_argument("--length", type=int, default=16, help="forced output length L (tokens before EOS)")
+    p.add_argument("--alignments", action="store_true",
+                   help="also time beam search with and without --print-alignment (always with --tiny)")
     args = p.parse_args()
     setup(args)
     if args.tiny:
         args.sentences, args.batch_size, args.length = 24, 8, 6
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     env = environment(args.threads)
-    rows, ratios, step_rows, raw = [], [], [], {}
+    rows, ratios, step_rows, align_rows, raw = [], [], [], [], {}
     for size in sizes:
         models = {m: build(m, size, args.data) for m in MODELS}
         for _, _, model in models.values():
@@ -196,12 +339,23 @@ def main() -> None:
         step_rows += [[size, x, step[(x, False)] * 1e3, step[(x, True)] * 1e3] for x in prefixes]
         raw[size] = {"generate_seconds": seconds, "sentences": sentences,
                      "step_seconds": {f"t={x},reorder={r}": v for (x, r), v in step.items()}}
+        if args.alignments or args.tiny:
+            sentences, total, seconds, checks = alignment_costs(args, size, models)
+            align_rows += [[size, m, v, sentences / total[(m, v)], checks[(m, v)]["weight_requests"],
+                            "yes" if checks[(m, v)]["need_attn"] else "no",
+                            "yes" if checks[(m, v)]["same_hypotheses"] else "NO"] for m, v in total]
+            ratios += alignment_ratios(size, seconds, checks)
+            raw[size]["alignment_seconds"] = {f"{m} {v}": s for (m, v), s in seconds.items()}
     how = (f"fairseq-generate --cpu on {args.data}/test" if args.data
            else "SequenceGenerator in-process, synthetic sources")
     report([(f"MT generation: beam 4, batch {args.batch_size}, forced length {args.length}, {how}",
              ["size", "model", "sentences", "sentences/s"], rows),
             ("ResMLP decoder alone: one incremental step after a cached prefix of t tokens",
-             ["size", "t", "step ms (median)", "step + reorder ms"], step_rows)],
+             ["size", "t", "step ms (median)", "step + reorder ms"], step_rows)]
+           + ([(f"MT generation with and without --print-alignment hard: beam 4, batch {args.batch_size}, "
+                f"forced length {args.length}, in-process; baseline = the decoder before alignments existed",
+                ["size", "model", "alignments", "sentences/s", "x-attn calls asking weights, batch 1", "need_attn",
+                 "same hypotheses"], align_rows)] if align_rows else []),
            ratios, env, args.out, raw=raw)
 
 

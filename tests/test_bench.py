@@ -2,6 +2,7 @@
 
 No timing is asserted: the numbers depend on the machine and its load.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ sys.path.insert(0, BENCH)
 SCRIPTS = {
     "mt_train.py": ("== MT training", "ratio resmlp/transformer training tokens/s [tiny]"),
     "mt_generate.py": ("== MT generation", "ratio resmlp/transformer beam-4 sentences/s [tiny]"),
+    "gpu.py": ("== GPU bench", "ratio resmlp/transformer fairseq-train wps [tiny, fp32]"),
     "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
     "decode_step.py": ("== Decoding step", "relative step at t=60 vs t=4"),
 }
@@ -22,7 +24,7 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """All three benches in --tiny mode, started together to keep the wall-clock time down."""
+    """All the benches in --tiny mode, started together to keep the wall-clock time down."""
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = {
@@ -49,6 +51,69 @@ def test_tiny_bench_prints_its_table(tiny_runs, script):
     assert header in stdout and ratio in stdout, stdout
     assert "machine: " in stdout and "versions: python" in stdout and "torch" in stdout
     assert json_file.exists()
+
+
+@pytest.mark.slow
+def test_tiny_generation_times_alignments_off_against_the_code_before_them(tiny_runs):
+    code, stdout, stderr, _ = tiny_runs["mt_generate.py"]
+    assert code == 0, stderr[-3000:]
+    assert "== MT generation with and without --print-alignment" in stdout
+    assert "ratio resmlp beam-4 sentences/s, alignments off / baseline without alignment code [tiny]" in stdout
+    assert ("need_attn False and no cross-attention call asks for weights: yes; alignments on: every hypothesis "
+            "has an alignment: yes; the variants of each model find the same hypotheses: yes") in stdout
+
+
+@pytest.mark.slow
+def test_tiny_gpu_bench_runs_every_cpu_path(tiny_runs):
+    """fairseq-preprocess, fairseq-train (timed runs and parity runs), generation, vision."""
+    code, stdout, stderr, json_file = tiny_runs["gpu.py"]
+    assert code == 0, stderr[-3000:]
+    for line in ("fairseq-train words/s (wps), fp32", "loss at update 10: fp32 vs fp32", "beam-4 sentences/s, fp32",
+                 "ResMLP-S12 inference images/s, fp32", "ResMLP-S12 training step (AdamW) images/s, fp32"):
+        assert line in stdout, stdout
+    # two fp32 runs of the same seed on the CPU: the same loss
+    assert stdout.count("relative difference 0.000% (a determinism check on the CPU") == 2, stdout
+    raw = json.loads(json_file.read_text())["raw"]
+    assert [r["num_updates"] for r in raw["training"]["resmlp fp32"]["records"]] == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_gpu_bench_without_a_gpu_says_so():
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "gpu.py")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode != 0
+    assert "no CUDA GPU is visible" in proc.stderr and "--tiny" in proc.stderr
+
+
+def test_decoder_before_alignments_computes_what_the_decoder_computes():
+    """The baseline of the alignment bench (mt_generate.decoder_before_alignments) is the
+    decoder without its alignment branch: the same outputs, full pass and step by step."""
+    from mt_generate import decoder_before_alignments
+
+    from mtlib import build
+
+    _, _, model = build("resmlp", "tiny", None)
+    model.eval()
+    baseline = decoder_before_alignments(model)
+    assert baseline.decoder.forward.__func__ is not type(model.decoder).forward
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, 200, (3, 7), generator=g)
+    src[1, :2] = model.encoder.padding_idx  # left-padded, as fairseq batches sources
+    lengths = torch.tensor([7, 5, 7])
+    prev = torch.randint(4, 200, (3, 5), generator=g)
+    with torch.no_grad():
+        enc = model.encoder(src, lengths)
+        full, extra = model.decoder(prev, enc)
+        base_full, base_extra = baseline.decoder(prev, baseline.encoder(src, lengths))
+        assert extra["attn"] == [None] and base_extra["attn"] == [None]
+        torch.testing.assert_close(base_full, full, rtol=0, atol=0)
+        states = {}, {}
+        for t in range(prev.size(1)):
+            a = model.decoder(prev[:, : t + 1], enc, incremental_state=states[0])[0]
+            b = baseline.decoder(prev[:, : t + 1], enc, incremental_state=states[1])[0]
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+            torch.testing.assert_close(a[:, -1], full[:, t], rtol=1e-5, atol=1e-5)
 
 
 def test_converted_timm_weights_give_timm_logits():
