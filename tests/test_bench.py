@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 SCRIPTS = {
-    "mt_train.py": ("== MT training", "ratio resmlp/transformer training tokens/s [tiny]"),
+    "mt_train.py": ("== MT training", "ratio resmlp bf16/fp32 training tokens/s [tiny]"),
     "mt_generate.py": ("== MT generation", "ratio resmlp/transformer beam-4 sentences/s [tiny]"),
     "gpu.py": ("== GPU bench", "ratio resmlp/transformer fairseq-train wps [tiny, fp32]"),
     "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
