@@ -17,8 +17,13 @@ token mixing reads the whole cached prefix, so a step costs a + b*t, b proportio
 hypotheses x d x layers: the fitted slope is printed, also per (position x hypothesis x
 channel x layer).
 
+Alignments (--alignments, always with --tiny): beam search with and without
+--print-alignment hard, and ResMLP also with its decoder as it was before alignments
+existed (the baseline that alignments off must match), all alternating batch by batch.
+
     python bench/mt_generate.py                    # demo and wmt sizes, synthetic sources
     python bench/mt_generate.py --data DATA_BIN    # fairseq-generate on DATA_BIN's test split
+    python bench/mt_generate.py --sizes demo --alignments
 """
 import copy
 import os
