@@ -21,8 +21,11 @@ Why autocast rather than bf16 weights with fp32 master copies (fairseq's
 was no faster (1.20-1.35 s vs 1.02-1.08 s a step), and fairseq would save bf16 weights.
 
 This applies to every model trained with the plugin loaded, fairseq's Transformer
-included, so comparisons stay fair. fp16 on the CPU is still refused
-(``usage_errors.check_precision_device``): this CPU has no fast fp16 arithmetic.
+included, so comparisons stay fair. On a CUDA GPU without torch_xla, ``--bf16`` keeps
+fairseq's own GPU path (bf16 weights, fp32 master copies); the shim only drops the
+``--tpu`` that fairseq main's ``--bf16`` implies, which would ask torch_xla for a device.
+fp16 on the CPU is still refused (``usage_errors.check_precision_device``): this CPU has
+no fast fp16 arithmetic.
 """
 import contextlib
 import functools
@@ -69,6 +72,14 @@ def autocast_forward(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _xla_installed() -> bool:
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def wants_cpu_bf16(cfg) -> bool:
     """``--bf16`` for a run that fairseq would otherwise send to torch_xla: no CUDA device
     in use and no torch_xla installed."""
@@ -77,11 +88,16 @@ def wants_cpu_bf16(cfg) -> bool:
         return False
     if torch.cuda.is_available() and not common.cpu:
         return False
-    try:
-        import torch_xla  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    return not _xla_installed()
+
+
+def wants_gpu_bf16(cfg) -> bool:
+    """``--bf16`` on a CUDA GPU without torch_xla: fairseq's own GPU path (bf16 weights, fp32
+    master copies in ``FP16Optimizer``) works, but its ``--bf16`` implies ``--tpu``, and the
+    trainer then asks torch_xla for a device. Only that implication is dropped."""
+    common = cfg.common
+    return (bool(common.bf16 or common.memory_efficient_bf16) and common.tpu and not common.cpu
+            and torch.cuda.is_available() and not _xla_installed())
 
 
 def _taking_over_bf16(init):
@@ -94,6 +110,10 @@ def _taking_over_bf16(init):
             autocast_forward(criterion)
             logger.info("--bf16 on the CPU: bf16 autocast with fp32 weights, optimizer state and checkpoints "
                         f"(this CPU {'has' if native() else 'has NO'} native bf16 arithmetic)")
+        elif wants_gpu_bf16(cfg):
+            with open_dict(cfg):
+                cfg.common.tpu = False
+            logger.info("--bf16 on a GPU: fairseq's bf16 training, without the --tpu that fairseq main implies")
         init(self, cfg, task, model, criterion, *args, **kwargs)
 
     wrapper.resmlp_cpu_bf16 = True

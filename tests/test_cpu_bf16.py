@@ -41,6 +41,21 @@ def test_which_runs_the_shim_takes_over(flags, wanted):
     assert cpu_bf16.wants_cpu_bf16(OmegaConf.create({"common": common})) is wanted
 
 
+@pytest.mark.parametrize("cuda, xla, cpu_flag, wanted", [
+    (True, False, False, True),    # the GPU run fairseq main would send to torch_xla
+    (True, True, False, False),    # torch_xla installed: fairseq's own choice
+    (True, False, True, False),    # --cpu: the autocast path instead
+    (False, False, False, False),  # no GPU: the autocast path
+])
+def test_bf16_on_a_gpu_only_drops_the_implied_tpu(monkeypatch, cuda, xla, cpu_flag, wanted):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(cpu_bf16, "_xla_installed", lambda: xla)
+    common = {"bf16": True, "memory_efficient_bf16": False, "fp16": False, "cpu": cpu_flag, "tpu": True}
+    cfg = OmegaConf.create({"common": common})
+    assert cpu_bf16.wants_gpu_bf16(cfg) is wanted
+    assert not (wanted and cpu_bf16.wants_cpu_bf16(cfg))  # never both
+
+
 def _final_loss(log, last=20):
     """The mean training loss of the last LAST updates (each logged: --log-interval 1)."""
     losses = train_losses(log)
