@@ -103,6 +103,10 @@ of the plugin's tasks or models (``is_plugin_run``).
 13. ``replace_unk``: ``--replace-unk`` replaces unknown words instead of crashing at the
    first one, with or without ``--print-alignment`` and an alignment dictionary
    [replace_unk].
+
+14. ``precision``: ``--inference-precision {fp32,bf16,int8}`` for fairseq-generate and
+   fairseq-interactive, applied to every model in ``prepare_for_inference_`` (fairseq's
+   ``--bf16`` selects bf16 there) [inference_precision].
 """
 import atexit
 import contextlib
@@ -137,7 +141,7 @@ from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from . import interactive_lines, replace_unk, usage_errors
+from . import interactive_lines, precision, replace_unk, usage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +502,7 @@ SHIMS = {  # name -> (apply, "the installed fairseq has the fix"); in the order 
     "checkpoint_errors": (usage_errors.apply_checkpoint_errors, None),
     "interactive_lines": (interactive_lines.apply, None),
     "replace_unk": (replace_unk.apply, None),
+    "inference_precision": (precision.apply, None),
 }
 
 
