@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-fairseq.txt requirements-dev.txt setup.p
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt $(QUIET)
 	$(PY) -m pip install -q --no-deps -r requirements-fairseq.txt $(QUIET)
 	$(PY) -m pip install -q --no-deps -e . $(QUIET)
-	$(PY) -c "import fairseq, timm, sentencepiece, sacrebleu, resmlp_mt"
+	$(PY) -c "import fairseq, timm, sentencepiece, sacrebleu, torchao.quantization, resmlp_mt"
 	touch $@
 
 # Debian's Fashion-MNIST, for the image tests and demo; skipped quietly where apt is not ours.

@@ -24,6 +24,12 @@ existed (the baseline that alignments off must match), all alternating batch by 
     python bench/mt_generate.py                    # demo and wmt sizes, synthetic sources
     python bench/mt_generate.py --data DATA_BIN    # fairseq-generate on DATA_BIN's test split
     python bench/mt_generate.py --sizes demo --alignments
+
+With --precisions fp32,bf16,int8 every model also runs in each inference precision
+(``resmlp_mt.precision``: converted in-process, or fairseq-generate --inference-precision),
+all (model, precision) contenders interleaved, and each gets its ratio against fp32.
+
+    python bench/mt_generate.py --sizes demo --precisions fp32,bf16,int8
 """
 import copy
 import os
@@ -57,6 +63,7 @@ from mtlib import MODELS, SIZES, batches, build, multi30k_like
 
 TARGET = 1.3
 TARGET_ALIGN_OFF = 0.97  # alignments off: no slower than the decoder without alignment code (3% for noise)
+PRECISION_TARGET = 2.5  # the fastest lower precision against fp32 (README, "precision")
 TRANSLATED = re.compile(r"Translated ([\d,]+) sentences .* \(([\d.]+) sentences/s")
 
 
@@ -64,17 +71,25 @@ def generation_args(args):
     return {"beam": 4, "min_len": args.length, "max_len_a": 0, "max_len_b": args.length}
 
 
-def prepared(args, cfg, task, model, **generation):
+def contender(model: str, precision: str) -> str:
+    """The name of a (model, precision) contender: ``resmlp``, ``resmlp@bf16``, ..."""
+    return model if precision == "fp32" else f"{model}@{precision}"
+
+
+def prepared(args, cfg, task, model, precision: str = "fp32", **generation):
     """(model, generator) as fairseq-generate sets them up, for a copy of ``model`` (it is left
     as it was): the generation config (``generation_args``, then ``generation``, e.g.
     ``print_alignment="hard"``); ``prepare_for_inference_`` from it, which sets need_attn from
     --print-alignment and leaves only the last of the Transformer's decoder layers returning
-    attention weights; the task's generator (``SequenceGeneratorWithAlignment`` with
-    --print-alignment)."""
+    attention weights; the model in ``precision`` (``resmlp_mt.precision``); the task's
+    generator (``SequenceGeneratorWithAlignment`` with --print-alignment)."""
+    from resmlp_mt import precision as inference_precision
+
     cfg, model = copy.deepcopy(cfg), copy.deepcopy(model)
     for key, value in {**generation_args(args), **generation}.items():
         setattr(cfg.generation, key, value)
     model.prepare_for_inference_(cfg)
+    model = inference_precision.convert_(model, precision)
     return model, task.build_generator([model], cfg.generation)
 
 
@@ -101,8 +116,8 @@ def in_process(args, size: str, models: dict, device: str = "cpu"):
     """Seconds per beam search over each batch of synthetic sources, models alternating batch by
     batch. ``models``: name -> (cfg, task, model), the models already on ``device``."""
     sentences, samples = synthetic_batches(args, size, models["resmlp"][1], device)
-    runs = {name: cycling(beam_search(task, *prepared(args, cfg, task, model), device), samples)
-            for name, (cfg, task, model) in models.items()}
+    runs = {contender(name, p): cycling(beam_search(task, *prepared(args, cfg, task, model, p), device), samples)
+            for name, (cfg, task, model) in models.items() for p in getattr(args, "precision_list", ["fp32"])}
     seconds = interleaved(runs, len(samples) * (args.repeats or (1 if args.tiny else 3)))
     return sentences, {m: pass_seconds(s, len(samples)) for m, s in seconds.items()}, seconds
 
@@ -237,9 +252,9 @@ def with_cli(args, size: str, models: dict):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in generation_args(args).items()]
     counts = []
 
-    def run(path):
+    def run(path, precision):
         out = subprocess.run([cli, args.data, "--user-dir", USER_DIR, "--path", path, "--gen-subset", "test", "--cpu",
-                              "--batch-size", str(args.batch_size), *flags],
+                              "--batch-size", str(args.batch_size), "--inference-precision", precision, *flags],
                              capture_output=True, text=True, env=env, check=True)
         match = TRANSLATED.search(out.stdout + out.stderr)
         counts.append(int(match.group(1).replace(",", "")))
@@ -248,7 +263,8 @@ def with_cli(args, size: str, models: dict):
     with tempfile.TemporaryDirectory() as tmp:
         paths = {name: checkpoint(cfg, model, os.path.join(tmp, f"{name}.pt"))
                  for name, (cfg, _, model) in models.items()}
-        seconds = interleaved({name: (lambda p=p: run(p)) for name, p in paths.items()},
+        seconds = interleaved({contender(name, p): (lambda path=path, p=p: run(path, p))
+                               for name, path in paths.items() for p in args.precision_list},
                               args.repeats or (2 if args.tiny else 3))
     return counts[0], {m: median(s) for m, s in seconds.items()}, seconds
 
@@ -310,7 +326,11 @@ def main() -> None:
     p.add_argument("--length", type=int, default=16, help="forced output length L (tokens before EOS)")
     p.add_argument("--alignments", action="store_true",
                    help="also time beam search with and without --print-alignment (always with --tiny)")
+    p.add_argument("--precisions", default="fp32",
+                   help="comma-separated inference precisions to run each model in, of fp32, bf16, int8 "
+                        "(fp32 is always included: the others are compared with it)")
     args = p.parse_args()
+    args.precision_list = ["fp32"] + [x for x in args.precisions.split(",") if x and x != "fp32"]
     setup(args)
     if args.tiny:
         args.sentences, args.batch_size, args.length = 24, 8, 6
@@ -323,9 +343,18 @@ def main() -> None:
             model.eval()
         sentences, total, seconds = (with_cli if args.data else in_process)(args, size, models)
         for m in MODELS:
-            rows.append([size, m, sentences, sentences / total[m]])
+            for prec in args.precision_list:
+                c = contender(m, prec)
+                rows.append([size, m, prec, sentences, sentences / total[c], total[m] / total[c]])
         ratios.append(ratio_line(f"resmlp/transformer beam-4 sentences/s [{size}]",
                                  paired_speedup(seconds, "resmlp", "transformer"), TARGET))
+        for prec in args.precision_list[1:]:
+            ratios.append(ratio_line(f"resmlp/transformer beam-4 sentences/s in {prec} [{size}]",
+                                     paired_speedup(seconds, contender("resmlp", prec),
+                                                    contender("transformer", prec)), TARGET))
+            for m in MODELS:
+                ratios.append(ratio_line(f"{m} {prec}/fp32 beam-4 sentences/s [{size}]",
+                                         paired_speedup(seconds, contender(m, prec), m), PRECISION_TARGET))
 
         prefixes = [1, 8, 32, SIZES[size]["positions"] - 1] if args.tiny else [1, 8, 32, 64, 127]
         hyps, step = decoder_steps(args, size, models["resmlp"][2], prefixes)
@@ -354,7 +383,7 @@ def main() -> None:
     how = (f"fairseq-generate --cpu on {args.data}/test" if args.data
            else "SequenceGenerator in-process, synthetic sources")
     report([(f"MT generation: beam 4, batch {args.batch_size}, forced length {args.length}, {how}",
-             ["size", "model", "sentences", "sentences/s"], rows),
+             ["size", "model", "precision", "sentences", "sentences/s", "vs fp32"], rows),
             ("ResMLP decoder alone: one incremental step after a cached prefix of t tokens",
              ["size", "t", "step ms (median)", "step + reorder ms"], step_rows)]
            + ([(f"MT generation with and without --print-alignment hard: beam 4, batch {args.batch_size}, "

@@ -106,6 +106,9 @@ of the plugin's tasks or models (``is_plugin_run``).
 
 14. ``cpu_bf16``: ``--bf16`` on the CPU trains under bf16 autocast with fp32 weights and
    checkpoints, instead of needing torch_xla [cpu_bf16].
+15. ``precision``: ``--inference-precision {fp32,bf16,int8}`` for fairseq-generate and
+   fairseq-interactive, applied to every model in ``prepare_for_inference_`` (fairseq's
+   ``--bf16`` selects bf16 there) [inference_precision].
 """
 import atexit
 import contextlib
@@ -140,7 +143,7 @@ from fairseq.file_io import PathManager
 from fairseq.nan_detector import NanDetector
 from fairseq.tasks import FairseqTask
 
-from . import cpu_bf16, interactive_lines, replace_unk, usage_errors
+from . import cpu_bf16, interactive_lines, precision, replace_unk, usage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -502,6 +505,7 @@ SHIMS = {  # name -> (apply, "the installed fairseq has the fix"); in the order 
     "interactive_lines": (interactive_lines.apply, None),
     "replace_unk": (replace_unk.apply, None),
     "cpu_bf16": (cpu_bf16.apply, None),  # after precision_check: its wrapper runs first
+    "inference_precision": (precision.apply, None),
 }
 
 

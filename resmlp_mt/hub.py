@@ -20,6 +20,10 @@ Keyword arguments are fairseq's command-line options, spelled with underscores (
 override the checkpoint's settings, at ``translate``/``generate`` they apply to that call.
 An export carries its dictionaries, so ``data_name_or_path`` is not needed for it.
 
+``inference_precision="bf16"`` or ``"int8"`` (default ``"fp32"``) makes the models compute in
+that precision (``resmlp_mt.precision``, the same conversion as fairseq-generate's
+``--inference-precision``); ``hub.models[0].resmlp_inference_precision`` says which.
+
 The one change to fairseq's interface: ``generate(..., print_alignment="hard")`` (or
 ``"soft"``, or ``replace_unk``) also switches the decoders' alignment output on for that
 call. fairseq switches it once, when the interface is built, from the loading options;
@@ -29,9 +33,10 @@ computes it only when asked (``ResMLPDecoder.forward``).
 import os
 from types import SimpleNamespace
 
+import torch
 from fairseq import hub_utils
 
-from . import replace_unk
+from . import precision, replace_unk
 
 _EXPORT_SUFFIXES = (".safetensors", ".json")
 
@@ -75,9 +80,17 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: str = "model.pt", 
     for an export (the file's name ends in .safetensors or .json, or PREFIX.json exists)."""
     if is_export(model_name_or_path, checkpoint_file):
         return from_export(export_prefix(model_name_or_path, checkpoint_file), **kwargs)
+    inference_precision = precision.check(kwargs.pop("inference_precision", None))
     x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                   archive_map=archive_map, **kwargs)
-    return ResMLPHubInterface(x["args"], x["task"], x["models"])
+    return with_precision(ResMLPHubInterface(x["args"], x["task"], x["models"]), inference_precision)
+
+
+def with_precision(hub: ResMLPHubInterface, inference_precision: str) -> ResMLPHubInterface:
+    """The hub with its models converted to ``inference_precision`` (``resmlp_mt.precision``)."""
+    for model in hub.models:
+        precision.convert_(model, inference_precision)
+    return hub
 
 
 def from_export(prefix: str, device: str = "cpu", **kwargs) -> ResMLPHubInterface:
@@ -91,6 +104,7 @@ def from_export(prefix: str, device: str = "cpu", **kwargs) -> ResMLPHubInterfac
 
     from .safe_load import load_model, read_config
 
+    inference_precision = precision.check(kwargs.pop("inference_precision", None), torch.device(device))
     config = read_config(prefix)
     model = load_model(prefix, device=device)
     cfg = OmegaConf.structured(FairseqConfig(task=TranslationConfig(
@@ -100,5 +114,5 @@ def from_export(prefix: str, device: str = "cpu", **kwargs) -> ResMLPHubInterfac
     )))
     overwrite_args_by_name(cfg, kwargs)
     task = TranslationTask(cfg.task, model.encoder.dictionary, model.decoder.dictionary)
-    hub = ResMLPHubInterface(cfg, task, [model])
-    return hub.to(device)
+    hub = ResMLPHubInterface(cfg, task, [model]).to(device)
+    return with_precision(hub, inference_precision)

@@ -104,6 +104,26 @@ def test_incremental_attn_equals_full_pass(mode):
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-6)
 
 
+def test_full_pass_after_a_beam_search_ignores_its_beam_size():
+    """Beam search switches the decoder's cross-attention to beamable keys and values; a later
+    full pass (alignments, or quantized projections: both take fairseq's own attention path)
+    computes them per sentence again, instead of reading every 4th sentence's or failing."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    model = build_translation_model(**SMALL)
+    d = model.decoder.dictionary
+    _, src = left_padded_sources()
+    src[:, -1] = d.eos()
+    lengths = torch.tensor(LENGTHS)
+    prev = random_tokens(len(LENGTHS), 5, 40)
+    before = model.decoder(prev, model.encoder(src, lengths), alignment_layer=-1)
+    SequenceGenerator([model], d, beam_size=4, max_len_b=5).forward(
+        {"net_input": {"src_tokens": src, "src_lengths": lengths}})
+    after = model.decoder(prev, model.encoder(src, lengths), alignment_layer=-1)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[1]["attn"][0], before[1]["attn"][0], rtol=0, atol=0)
+
+
 def test_no_weights_unless_asked():
     model = build_translation_model(**SMALL)
     _, src = left_padded_sources()

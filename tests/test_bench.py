@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from resmlp_mt import precision
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
@@ -20,6 +22,9 @@ SCRIPTS = {
     "vision.py": ("== Vision", "ratio ours/timm images/s [s12 infer b4]"),
     "decode_step.py": ("== Decoding step", "relative step at t=60 vs t=4"),
 }
+# mt_generate.py also in each inference precision, where this CPU runs bf16 and int8
+LOWER = [p for p in ("bf16", "int8") if precision.unavailable(p, torch.device("cpu")) is None]
+EXTRA = {"mt_generate.py": ["--precisions", ",".join(["fp32", *LOWER])]}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def tiny_runs(tmp_path_factory):
     procs = {
         script: subprocess.Popen(
             [sys.executable, os.path.join(BENCH, script), "--tiny", "--threads", "1",
-             "--out", str(out / f"{script}.json")],
+             "--out", str(out / f"{script}.json"), *EXTRA.get(script, [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         for script in SCRIPTS
@@ -51,6 +56,10 @@ def test_tiny_bench_prints_its_table(tiny_runs, script):
     assert header in stdout and ratio in stdout, stdout
     assert "machine: " in stdout and "versions: python" in stdout and "torch" in stdout
     assert json_file.exists()
+    if script == "mt_generate.py":
+        for p in LOWER:
+            assert f"ratio resmlp {p}/fp32 beam-4 sentences/s [tiny]" in stdout, stdout
+            assert f"ratio transformer {p}/fp32 beam-4 sentences/s [tiny]" in stdout, stdout
 
 
 @pytest.mark.slow

@@ -29,9 +29,11 @@ PROBE = r"""
 import json, sys
 import fairseq_cli.interactive as interactive
 import torch
-from fairseq import checkpoint_utils, trainer, utils
+from fairseq import checkpoint_utils, options, trainer, utils
 from fairseq.data import data_utils
+from fairseq.dataclass import utils as dataclass_utils
 from fairseq.distributed import utils as distributed_utils
+from fairseq.models import BaseFairseqModel
 from fairseq.tasks import FairseqTask
 
 
@@ -43,7 +45,11 @@ def objects():
             "ensemble": checkpoint_utils.load_model_ensemble_and_task, "make_batches": interactive.make_batches,
             "ckpt_torch": checkpoint_utils.torch, "dist_torch": distributed_utils.torch,
             "trainer_init": trainer.Trainer.__init__, "replace_unk": utils.replace_unk,
-            "load_align_dict": utils.load_align_dict, "build_generator": FairseqTask.build_generator}
+            "load_align_dict": utils.load_align_dict, "build_generator": FairseqTask.build_generator,
+            "add_generation_args": options.add_generation_args,
+            "to_omegaconf": dataclass_utils.convert_namespace_to_omegaconf,
+            "interactive_to_omegaconf": interactive.convert_namespace_to_omegaconf,
+            "prepare_for_inference_": BaseFairseqModel.prepare_for_inference_}
 
 
 def wraps(function, marker):
@@ -73,6 +79,8 @@ print(json.dumps({"plugin": resmlp_mt.__file__, "originals": not changed(*stock)
     "interactive_lines": changed("make_batches"),
     "replace_unk": changed("replace_unk", "load_align_dict", "build_generator"),
     "cpu_bf16": wraps(now["trainer_init"], "resmlp_cpu_bf16"),
+    "inference_precision": changed("add_generation_args", "to_omegaconf", "interactive_to_omegaconf",
+                                   "prepare_for_inference_"),
 }}))
 """
 

@@ -363,8 +363,11 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
             enc_mask = encoder_out["encoder_padding_mask"][0]
             if not self._cross_attention_cached(incremental_state):
                 enc = encoder_states(encoder_out)
+                # beamable attention for a decoding that starts; none in a full pass, which
+                # would otherwise meet the beam size of the last decoding (in fairseq's own
+                # attention path: alignments, quantized projections)
+                self.set_beam_size(_beam_size(encoder_out) if incremental_state is not None else 1)
                 if incremental_state is not None:
-                    self.set_beam_size(_beam_size(encoder_out))
                     # from the next step on, cross-attention reads the keys and values it caches now
                     self.set_incremental_state(incremental_state, "cross_attention", {"cached": enc.new_ones(())})
         if alignment_layer is None and (alignment_heads is not None or (self.need_attn and not self.training)):

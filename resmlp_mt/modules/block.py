@@ -141,8 +141,10 @@ class ResMLPBlock(nn.Module):
                    incremental_state: Optional[IncrementalState] = None) -> Tensor:
         """``residual + ls2(mlp(norm2(x)))`` (no residual: the branch alone): folded where the
         fold pays for itself (``folding.mlp_fold_pays``) and in decoding steps, which reuse
-        their decoding's fold; otherwise the modules as they are."""
-        if incremental_state is None and not folding.mlp_fold_pays(x, self.mlp.fc1):
+        their decoding's fold; otherwise, and for quantized layers (``folding.foldable``), the
+        modules as they are."""
+        if (incremental_state is None and not folding.mlp_fold_pays(x, self.mlp.fc1)) or not folding.foldable(
+                self.mlp.fc1, self.mlp.fc2):
             out = self.mlp(self.norm2(x))
             return self.ls2(out) if residual is None else torch.addcmul(residual, self.ls2.gamma, out)
         dropout = self.mlp.drop1 if self.training and self.mlp.drop1.p > 0 else None

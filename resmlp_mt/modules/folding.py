@@ -51,6 +51,13 @@ def mlp_fold_pays(x: Tensor, fc1: nn.Linear) -> bool:
     return x.numel() >= x.size(-1) * fc1.out_features
 
 
+def foldable(*linears: nn.Module) -> bool:
+    """Whether these are plain ``nn.Linear`` layers with plain weights, which the folds read
+    and combine. A quantized layer (``resmlp_mt.precision``: int8 weights in a tensor subclass)
+    is not: it is called as the module it is, and its own kernel runs."""
+    return all(type(m) is nn.Linear and type(m.weight.data) is Tensor for m in linears)
+
+
 def fold_mlp(norm: nn.Module, fc1: nn.Linear, fc2: nn.Linear,
              gamma: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(w1, b1, w2, b2)``: fc1 with an Aff ``norm`` folded in (a LayerNorm is not, and

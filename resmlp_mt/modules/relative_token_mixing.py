@@ -54,14 +54,16 @@ class RelativeTokenMixing(Mixing):
         return f"window={self.window}, causal={self.causal}"
 
     def matrix(self, length: int) -> Tensor:
-        """The ``(L, L)`` matrix of the window and the left mean: the part every sentence shares."""
+        """The ``(L, L)`` matrix of the window and the left mean: the part every sentence shares.
+        In fp32 at least (the counts of a bfloat16 model's long sentences are not bfloat16 numbers)."""
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
         positions = torch.arange(length, device=self.weight.device)
         offset = positions[:, None] - positions[None, :]
         index = (offset - self.lowest_offset).clamp(0, self.weight.numel() - 1)
         in_window = (offset >= self.lowest_offset) & (offset <= self.window)
-        left_count = (positions - self.window).clamp(min=1).to(self.weight.dtype)[:, None]
-        far_left = torch.where(offset > self.window, self.far_weight[0] / left_count, 0.0)
-        return torch.where(in_window, self.weight[index], far_left)
+        left_count = (positions - self.window).clamp(min=1).to(dtype)[:, None]
+        far_left = torch.where(offset > self.window, self.far_weight[0].to(dtype) / left_count, 0.0)
+        return torch.where(in_window, self.weight[index].to(dtype), far_left)
 
     def mix(
         self,
@@ -89,7 +91,8 @@ class RelativeTokenMixing(Mixing):
         if not self.causal and length > self.window + 1:
             lengths = length if padding_mask is None else (~padding_mask).sum(1)  # (B,) right-padded
             count = (torch.as_tensor(lengths, device=x.device) - 1 - self.window - positions[:, None]).clamp(min=1)
-            out = out + mixed[length:] * (self.far_weight[1] / count.to(x.dtype)).unsqueeze(-1)
+            far_weight = self.far_weight[1].to(torch.promote_types(x.dtype, torch.float32))
+            out = out + mixed[length:] * (far_weight / count).to(x.dtype).unsqueeze(-1)
         return out if residual is None else out + residual
 
     def _step(self, x: Tensor, incremental_state: IncrementalState, bias: Tensor,
@@ -97,18 +100,21 @@ class RelativeTokenMixing(Mixing):
         """Causal mixing of new positions after the cached ones, O(K * B * C) each.
 
         The state holds the last K inputs (``window``, batch-first, oldest first), the sum of
-        all older ones (``far_sum``) and their count (``far_count``, a 0-d tensor)."""
+        all older ones (``far_sum``) and their count (``far_count``, a 0-d tensor); the sum and
+        the count in fp32 at least, so that a bfloat16 model's long decodings add up exactly."""
         state: Dict[str, Optional[Tensor]] = self.get_incremental_state(incremental_state, "window") or {}
         window, far_sum, far_count = state.get("window"), state.get("far_sum"), state.get("far_count")
+        accumulate = torch.promote_types(x.dtype, torch.float32)
         rows = []
         for new in x.unbind(0):  # (B, C) each; fairseq decodes one position at a time
             seen = new.unsqueeze(1) if window is None else torch.cat([window, new.unsqueeze(1)], 1)
             out = torch.matmul(self.weight[: seen.size(1)].flip(0).to(x.dtype), seen)  # (B, C)
             if far_sum is not None:
-                out = out + far_sum * (self.far_weight[0] / far_count).to(x.dtype)
+                out = out + (far_sum * (self.far_weight[0] / far_count)).to(x.dtype)
             if seen.size(1) > self.window:  # the oldest input leaves the window for the mean
-                far_sum = seen[:, 0] if far_sum is None else far_sum + seen[:, 0]
-                far_count = x.new_ones(()) if far_count is None else far_count + 1
+                oldest = seen[:, 0].to(accumulate)
+                far_sum = oldest if far_sum is None else far_sum + oldest
+                far_count = x.new_ones((), dtype=accumulate) if far_count is None else far_count + 1
                 seen = seen[:, 1:]
             window = seen
             rows.append(out)
