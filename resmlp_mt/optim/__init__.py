@@ -1,2 +1,2 @@
-"""fairseq optim of the plugin; importing a module registers it."""
-from . import lamb  # noqa: F401
+"""fairseq optimizers of the plugin; importing a module registers it."""
+from . import adamw, lamb  # noqa: F401

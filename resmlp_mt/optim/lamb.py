@@ -4,17 +4,19 @@ fairseq's own ``--optimizer lamb`` wraps NVIDIA apex's FusedLAMB (CUDA only, and
 not a dependency here). timm's is registered under its own name and fairseq's is left as
 it is: the two clip and decay differently (timm's clips the global gradient norm to
 ``--lamb-max-grad-norm`` and leaves vectors undecayed), so a run must say which it
-means. As in DeiT (timm's ``param_groups_weight_decay``), parameters with at most one
-dimension (biases, Aff's alpha/beta, LayerScale's gamma) get no weight decay, and
-thereby no layer-wise trust ratio either: timm's LAMB adapts only where it decays.
+means. As in DeiT, parameters with at most one dimension get no weight decay
+(``decay_groups``), and thereby no layer-wise trust ratio either: timm's LAMB adapts
+only where it decays.
 """
 from dataclasses import dataclass, field
 from typing import Any, List
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.optim import FairseqOptimizer, register_optimizer
+from fairseq.optim import register_optimizer
 from omegaconf import II
 from timm.optim import Lamb
+
+from .decay_groups import DecayGroupsOptimizer, decay_groups
 
 
 @dataclass
@@ -29,15 +31,10 @@ class LambConfig(FairseqDataclass):
 
 
 @register_optimizer("timm_lamb", dataclass=LambConfig)
-class TimmLamb(FairseqOptimizer):
+class TimmLamb(DecayGroupsOptimizer):
     def __init__(self, cfg: LambConfig, params):
         super().__init__(cfg)
-        params = list(params)
-        groups = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        self._optimizer = Lamb([g for g in groups if g["params"]], **self.optimizer_config)
+        self._optimizer = Lamb(decay_groups(params), **self.optimizer_config)
 
     @property
     def optimizer_config(self):
@@ -49,11 +46,3 @@ class TimmLamb(FairseqOptimizer):
             "weight_decay": self.cfg.weight_decay,
             "max_grad_norm": self.cfg.lamb_max_grad_norm or None,
         }
-
-    def load_state_dict(self, state_dict, optimizer_overrides=None):
-        """fairseq's overrides (--optimizer-overrides) set every group: keep the no-decay ones at 0."""
-        no_decay = [g.get("weight_decay", None) == 0.0 for g in self.param_groups]
-        super().load_state_dict(state_dict, optimizer_overrides)
-        for group, zero in zip(self.param_groups, no_decay):
-            if zero:
-                group["weight_decay"] = 0.0
