@@ -31,7 +31,7 @@ from timm.models import load_state_dict
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, checkpoint_filter_fn
 
 from . import checkpoint_file
-from .models.resmlp_image import ARCHS, ResMLPImageModel
+from .models.resmlp_image import ARCHS, ResMLPImageModel, dino_trunk
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 # timm key pattern -> ours; Aff's alpha/beta are (1, 1, d) in timm and (d,) here.
@@ -50,8 +50,30 @@ def _rename(state_dict: dict, rules, affine_shape) -> dict:
     return out
 
 
+DINO_HEAD = ("head.mlp.", "head.last_layer.")  # DINO's projection head: not a classifier, not the trunk
+
+
+def dino_layouts(state_dict: dict) -> dict:
+    """The trunk of DINO's layouts, official keys kept: the released ``resmlp_{12,24}_dino.pth`` (a trunk
+    without a head: as it is), DINO's training checkpoint (``{"teacher": {"backbone.*", "head.*"}, ...}``,
+    with or without ``module.``) and bare ``backbone.*`` state dicts (the teacher's trunk: DINO evaluates it)."""
+    if isinstance(state_dict.get("teacher"), dict):
+        state_dict = state_dict["teacher"]
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.").removeprefix("backbone.")
+        if not key.startswith(DINO_HEAD):
+            out[key] = value
+    return out
+
+
 def from_timm(state_dict: dict) -> dict:
-    """timm's or the official (DeiT) ResMLP state dict -> ``ResMLPImageModel``'s."""
+    """timm's, the official (DeiT) or DINO's ResMLP state dict -> ``ResMLPImageModel``'s (a DINO trunk has
+    no ``head.*``: ``num_classes`` 0, or ``--num-classes`` for a new head)."""
+    dino = dino_trunk(state_dict)
+    if dino is not state_dict:  # our own resmlp_dino checkpoint: its teacher's trunk, in our names already
+        return dino
+    state_dict = dino_layouts(state_dict)
     if "patch_embed.proj.weight" in state_dict:
         state_dict = checkpoint_filter_fn(state_dict, None)  # official names -> timm's
     if "stem.proj.weight" not in state_dict:
@@ -126,7 +148,7 @@ def model_config(state_dict: dict) -> dict:
     dim, in_chans, patch, _ = state_dict["patch_embed.weight"].shape
     patches = state_dict["blocks.0.token_mixing.weight"].size(0)
     return dict(
-        num_classes=state_dict["head.weight"].size(0),
+        num_classes=state_dict["head.weight"].size(0) if "head.weight" in state_dict else 0,  # 0: a trunk
         in_chans=in_chans,
         img_size=patch * math.isqrt(patches),
         patch_size=patch,
@@ -151,6 +173,9 @@ def fairseq_checkpoint(state_dict: dict, data: str, dataset: str = "imagefolder"
     config = model_config(state_dict)
     model = ResMLPImageModel(**config)
     model.load_state_dict(state_dict)  # strict: every weight has its place
+    if not config["num_classes"] and not num_classes:
+        print("note: the weights have no classifier (a trunk, e.g. DINO's): the checkpoint gives features "
+              "(resmlp-knn --path); --num-classes N adds a new classifier for fine-tuning or a linear probe")
     if num_classes and num_classes != config["num_classes"]:
         config["num_classes"] = num_classes
         model.head = ResMLPImageModel(**config).head  # freshly initialised, for fine-tuning

@@ -30,15 +30,16 @@ from resmlp_mt import checkpoint_file
 from resmlp_mt.convert import model_config
 from resmlp_mt.image.data import NAMED, ImageDataError
 from resmlp_mt.image.knn import TEMPERATURE, knn_classify
-from resmlp_mt.models.resmlp_image import ARCHS, ResMLPImageModel, build_resmlp_image
+from resmlp_mt.models.resmlp_image import ARCHS, ResMLPImageModel, build_resmlp_image, dino_trunk
 from resmlp_mt.tasks.image_classification import ImageClassificationConfig, ImageClassificationTask
 
 logger = logging.getLogger("resmlp_mt.knn")
 
 
 def load_checkpoint_model(path: str) -> ResMLPImageModel:
-    """The image model of a fairseq checkpoint, its sizes read off the weights (any class count)."""
-    state = checkpoint_file.load_fairseq(path, "a fairseq checkpoint of an image ResMLP")["model"]
+    """The image model of a fairseq checkpoint, its sizes read off the weights (any class count);
+    of a DINO checkpoint, the teacher's trunk."""
+    state = dino_trunk(checkpoint_file.load_fairseq(path, "a fairseq checkpoint of an image ResMLP")["model"])
     if "patch_embed.weight" not in state or "blocks.0.token_mixing.weight" not in state:
         raise ValueError(f"{path} is not a checkpoint of an image ResMLP (--task image_classification): "
                          "it has no patch embedding")
@@ -135,7 +136,7 @@ def run(args):
     for split, keep in ((args.train_subset, args.max_train), (test_split, args.max_test)):
         task.load_dataset(split)
         dataset = task.dataset(split)
-        dataset.shuffle = False  # the evaluation transform: no per-example reseeding needed
+        dataset.shuffle = dataset.seed_items = False  # the evaluation transform: nothing to reseed
         start = time.time()
         features[split] = extract(dataset, subsample(len(dataset), keep, args.seed), encode, args.batch_size,
                                   args.num_workers, args.device)

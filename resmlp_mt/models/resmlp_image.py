@@ -124,7 +124,7 @@ class ResMLPImageModel(BaseFairseqModel):
         self.class_mlp = ClassMLP(embed_dim, self.grid_size**2, class_mlp_layers, int(mlp_ratio * embed_dim),
                                   layerscale_init) if class_mlp_layers else None
         self.norm = Affine(embed_dim)  # the trunk's last Aff; with class-MLP, CaiT's final norm on the class token
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()  # 0: features (timm's rule)
         self.apply(_init_linear)
         if freeze_trunk:
             for name, param in self.named_parameters():
@@ -168,10 +168,20 @@ class ResMLPImageModel(BaseFairseqModel):
         return self.norm(x).mean(0)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""
+        """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump.
+
+        A DINO checkpoint (``--arch resmlp_dino_*``) gives its teacher's trunk, the network DINO
+        evaluates; weights without a classifier (DINO's, or ``num_classes`` 0) take this model's
+        new one with ``new_head``."""
+        state_dict = dino_trunk(state_dict)
         head = state_dict.get("head.weight")
-        if head is not None and head.size(0) != self.num_classes and self.new_head:
+        if self.num_classes and self.new_head and (head is None or head.size(0) != self.num_classes):
             state_dict = {**state_dict, **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+        elif head is None and self.num_classes:
+            raise ValueError(
+                f"the checkpoint has no classifier (a trunk, e.g. self-supervised), this model classifies "
+                f"{self.num_classes} classes: pass --new-head to train a new classifier on it"
+            )
         elif head is not None and head.size(0) != self.num_classes:
             raise ValueError(
                 f"the checkpoint classifies {head.size(0)} classes but the data have {self.num_classes}: "
@@ -189,6 +199,17 @@ class ResMLPImageModel(BaseFairseqModel):
             raise ValueError(f"the checkpoint has {_class_mlp_text(layers)}, this model {_class_mlp_text(ours)}: "
                              f"use the checkpoint's --arch (or --class-mlp-layers)")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+DINO_TEACHER_TRUNK = "teacher.backbone."  # resmlp_dino's keys of the teacher's trunk (models/resmlp_dino.py)
+
+
+def dino_trunk(state_dict: dict) -> dict:
+    """The teacher's trunk of a ``resmlp_dino`` checkpoint as an image model's (head-less) state dict;
+    any other state dict as it is."""
+    if not any(k.startswith(DINO_TEACHER_TRUNK) for k in state_dict):
+        return state_dict
+    return {k[len(DINO_TEACHER_TRUNK):]: v for k, v in state_dict.items() if k.startswith(DINO_TEACHER_TRUNK)}
 
 
 def _class_mlp_text(layers: int) -> str:
