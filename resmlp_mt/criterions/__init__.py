@@ -1,2 +1,2 @@
 """fairseq criterions of the plugin; importing a module registers it."""
-from . import image_cross_entropy  # noqa: F401
+from . import dino, image_cross_entropy  # noqa: F401

@@ -224,8 +224,11 @@ class ImageDataset(FairseqDataset):
     augmented images, with any ``--num-workers``, and a resumed run as well.
     """
 
-    def __init__(self, source, transform: Callable, shuffle: bool = False, seed: int = 1, real_labels=None):
+    def __init__(self, source, transform: Callable, shuffle: bool = False, seed: int = 1, real_labels=None,
+                 seed_items: Optional[bool] = None):
         self.source, self.transform, self.shuffle, self.seed = source, transform, shuffle, seed
+        # a random transform of an evaluation split (DINO's views) is seeded per example as well
+        self.seed_items = shuffle if seed_items is None else seed_items
         self.real_labels = real_labels  # per example, its ImageNet-ReaL set (real_labels.py), or None
         self.epoch = 1
 
@@ -233,7 +236,7 @@ class ImageDataset(FairseqDataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
-        if self.shuffle:
+        if self.seed_items:
             reseed(self.seed, self.epoch, index)
         image, target = self.source[index]
         item = {"id": index, "image": self.transform(image), "target": target}

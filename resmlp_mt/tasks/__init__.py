@@ -1,2 +1,2 @@
 """fairseq tasks of the plugin; importing a module registers it."""
-from . import image_classification, translation_joined  # noqa: F401
+from . import image_classification, image_dino, translation_joined  # noqa: F401

@@ -130,8 +130,10 @@ class ImageClassificationTask(FairseqTask):
             table = read_real_json(cfg.real_labels)
             real = real_labels_for([path for path, _ in source.samples], table, self.num_classes, cfg.real_labels)
             logger.info(f"{split}: ImageNet-ReaL labels for {sum(map(bool, real))} of {len(real)} images")
-        self.datasets[split] = ImageDataset(source, self.transform(cfg, train), shuffle=train, seed=cfg.seed,
-                                            real_labels=real)
+        self.datasets[split] = self.image_dataset(source, cfg, train, real)
+
+    def image_dataset(self, source, cfg, train: bool, real_labels=None) -> ImageDataset:
+        return ImageDataset(source, self.transform(cfg, train), shuffle=train, seed=cfg.seed, real_labels=real_labels)
 
     @staticmethod
     def _split_dir(root: str, split: str) -> str:
