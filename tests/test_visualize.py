@@ -64,3 +64,20 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert visualize.main([str(tmp_path / "tensors.pt"), str(tmp_path / "out")]) == 2
     assert "is a torch file but not a fairseq checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dino_checkpoint_beside_a_supervised_one(tmp_path):
+    """A DINO checkpoint shows its teacher's trunk; --beside puts the same layer of another model next to it."""
+    from test_dino import tiny_dino
+    dino = tiny_dino()
+    with torch.no_grad():
+        dino.teacher.backbone.blocks[1].token_mixing.weight.fill_(0.5)  # the teacher's, not the student's
+    dino_path = save_checkpoint(dino, tmp_path / "dino.pt")
+    assert visualize.read_stacks(dino_path)["blocks"][1].eq(0.5).all()
+    supervised = save_checkpoint(build_resmlp_image("resmlp_tiny_28", 10, img_size=8, patch_size=4, embed_dim=8,
+                                                    depth=2), tmp_path / "supervised.pt")
+    out = tmp_path / "beside"
+    assert visualize.main([dino_path, str(out), "--beside", supervised, "--names", "DINO", "supervised"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["blocks_0_beside.png", "blocks_1_beside.png"]
+    with Image.open(out / "blocks_1_beside.png") as picture:
+        assert picture.width > 1.5 * picture.height  # two panels side by side
