@@ -12,7 +12,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import register_optimizer
 from omegaconf import II
 
-from .decay_groups import DecayGroupsOptimizer, decay_groups
+from .decay_groups import DecayGroupsOptimizer, betas, decay_groups
 
 
 @dataclass
@@ -31,10 +31,9 @@ class TimmAdamW(DecayGroupsOptimizer):
 
     @property
     def optimizer_config(self):
-        betas = self.cfg.adam_betas
         return {
             "lr": self.cfg.lr[0],
-            "betas": eval(betas) if isinstance(betas, str) else tuple(betas),
+            "betas": betas(self.cfg.adam_betas),
             "eps": self.cfg.adam_eps,
             "weight_decay": self.cfg.weight_decay,
         }

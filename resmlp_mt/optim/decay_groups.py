@@ -8,6 +8,11 @@ Aff's alpha/beta, LayerScale's gamma) go to a group with no weight decay, marked
 from fairseq.optim import FairseqOptimizer
 
 
+def betas(value) -> tuple:
+    """fairseq passes betas as a string ("(0.9, 0.999)") from the command line, a list from a config."""
+    return tuple(eval(value) if isinstance(value, str) else value)
+
+
 def decay_groups(params) -> list:
     params = list(params)
     groups = [

@@ -16,7 +16,7 @@ from fairseq.optim import register_optimizer
 from omegaconf import II
 from timm.optim import Lamb
 
-from .decay_groups import DecayGroupsOptimizer, decay_groups
+from .decay_groups import DecayGroupsOptimizer, betas, decay_groups
 
 
 @dataclass
@@ -38,10 +38,9 @@ class TimmLamb(DecayGroupsOptimizer):
 
     @property
     def optimizer_config(self):
-        betas = self.cfg.lamb_betas
         return {
             "lr": self.cfg.lr[0],
-            "betas": eval(betas) if isinstance(betas, str) else tuple(betas),
+            "betas": betas(self.cfg.lamb_betas),
             "eps": self.cfg.lamb_eps,
             "weight_decay": self.cfg.weight_decay,
             "max_grad_norm": self.cfg.lamb_max_grad_norm or None,
