@@ -31,7 +31,7 @@ mkdir -p "$WORK"
 start=$(date +%s)
 # shellcheck source=dino_recipe.sh
 source "$RECIPE"  # DINO_FLAGS: the recipe the make-test check uses as well
-show() { grep --line-buffered -E "$1|done training|Error|error" || true; }
+show() { grep --line-buffered -E "$1|done training|Error|error:" || true; }
 
 echo "== DINO: resmlp_dino_tiny_28, $DINO_UPDATES updates, no labels (log: $WORK/dino.log)"
 fairseq-train "$DATA" --user-dir "$USER_DIR" --dataset fashion-mnist "${DINO_FLAGS[@]}" \
