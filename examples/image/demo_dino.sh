@@ -11,14 +11,14 @@
 #   FASHION_MNIST=DIR   the idx files (default: Debian's, in /usr/share/datasets/fashion-mnist)
 #   DINO_UPDATES=2000   DINO updates (batches of 64 images, two 28x28 views each)
 #   PROBE_UPDATES=940   linear-probe updates (batches of 128: two epochs)
-#   SUPERVISED_UPDATES=1407  updates of the supervised model drawn beside it (3 epochs)
+#   SUPERVISED_UPDATES=938  updates of the supervised model drawn beside it (2 epochs)
 #   WORK=runs/demo-dino  checkpoints, logs and pictures
 #   THREADS=2           torch threads
 set -euo pipefail
 DATA=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 DINO_UPDATES=${DINO_UPDATES:-2000}
 PROBE_UPDATES=${PROBE_UPDATES:-940}
-SUPERVISED_UPDATES=${SUPERVISED_UPDATES:-1407}
+SUPERVISED_UPDATES=${SUPERVISED_UPDATES:-938}
 WORK=${WORK:-runs/demo-dino}
 export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
 USER_DIR=$(cd "$(dirname "$0")/../.." && pwd)/resmlp_mt
