@@ -8,7 +8,6 @@ and a linear probe and kNN from the DINO checkpoint.
 """
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from resmlp_mt.models.resmlp_image import ResMLPImageModel, dino_trunk
 from resmlp_mt.modules.dino_head import DINOHead
 from resmlp_mt.tasks.image_dino import cosine
 from test_image_data import image_folder_tree  # noqa: F401  (a fixture)
-from training_runs import load, max_abs_diff, num_updates
+from training_runs import fairseq_train, load, loaded_checkpoint, max_abs_diff, num_updates, read, start, wait_for
 
 
 def tiny_dino(out_dim=12, momentum=0.9, seed=0):
@@ -208,14 +207,20 @@ def dino_run(image_folder_tree, tmp_path_factory):  # noqa: F811
 
 @pytest.mark.slow
 def test_resumed_dino_run_ends_where_an_uninterrupted_one_does(dino_run, image_folder_tree, tmp_path):  # noqa: F811
-    """Killed right after its update-4 checkpoint (mid-epoch) and restarted: student, teacher and centre end
-    bit-identical (within 1e-6) to the uninterrupted run's."""
+    """SIGKILLed once it has logged update 6 (after its update-4 checkpoint, mid-epoch), then restarted
+    unchanged: student, teacher and centre end bit-identical (within 1e-6) to the uninterrupted run's."""
     reference, log = dino_run
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(reference / "checkpoint_1_4.pt", resumed / "checkpoint_last.pt")
+    killed_log = tmp_path / "killed.log"
+    proc = start(fairseq_train(dino_args(image_folder_tree, resumed)), killed_log)
+    wait_for(lambda: "num_updates=6," in read(killed_log), proc, killed_log)
+    proc.kill()
+    proc.wait()
+    before = num_updates(resumed / "checkpoint_last.pt")
+    assert 4 <= before < UPDATES
     out = run_cli("fairseq-train", *dino_args(image_folder_tree, resumed))
-    assert "Loaded checkpoint" in out.stdout + out.stderr and num_updates(resumed / "checkpoint_last.pt") == UPDATES
+    assert loaded_checkpoint(out.stdout + out.stderr) == (str(resumed / "checkpoint_last.pt"), before)
+    assert num_updates(resumed / "checkpoint_last.pt") == UPDATES
     ours, theirs = load(resumed / "checkpoint_last.pt")["model"], load(reference / "checkpoint_last.pt")["model"]
     assert {k.split(".")[0] for k in ours} == {"student", "teacher", "center"}
     diff = max_abs_diff(ours, theirs)
