@@ -4,12 +4,14 @@ smoothing (``image_cross_entropy``), and DeiT's hard distillation (``hard_distil
 Both report top-1 ``accuracy`` and ``top5`` (in %) whenever the targets are hard labels
 (validation, or training without Mixup), ``real_accuracy`` (ImageNet-ReaL top-1) when the
 task has ``--real-labels``, and ``nsentences``, the number of images evaluated. Losses are in nats, as in timm and DeiT.
+
+timm is imported where it is used: it pulls torchvision and torch._dynamo, 4 s, which
+translation runs (which import this module with the plugin) never need.
 """
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import timm
 import torch
 import torch.nn.functional as F
 from fairseq import checkpoint_utils, metrics
@@ -17,8 +19,6 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import MISSING
-from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor
 
 from ..image.real_labels import real_counts
@@ -50,6 +50,8 @@ class ImageCrossEntropyCriterion(FairseqCriterion):
         self.label_smoothing = cfg.label_smoothing
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
+            from timm.data import Mixup
+
             self.mixup = Mixup(
                 mixup_alpha=cfg.mixup,
                 cutmix_alpha=cfg.cutmix,
@@ -83,6 +85,8 @@ class ImageCrossEntropyCriterion(FairseqCriterion):
     def compute_loss(self, model, images: Tensor, logits: Tensor, target: Tensor):
         """The summed loss (fairseq divides by the sample size) and extra logging outputs."""
         if target.dim() == 2:  # Mixup's soft targets, label smoothing included
+            from timm.loss import SoftTargetCrossEntropy
+
             return SoftTargetCrossEntropy()(logits, target) * logits.size(0), {}
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing, reduction="sum"), {}
 
@@ -154,6 +158,8 @@ def load_teacher(path: str, timm_name: Optional[str], task) -> torch.nn.Module:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher weights {path} do not exist")
     if timm_name:
+        import timm
+
         return timm.create_model(
             timm_name, pretrained=False, num_classes=task.num_classes, in_chans=task.in_chans, checkpoint_path=path
         )

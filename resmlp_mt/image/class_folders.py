@@ -4,13 +4,13 @@ torchvision sorts the folder names as strings: right for ImageNet's wnids (n0144
 wrong for trees whose folders are the class indices themselves, as ImageNet-V2's 0 ... 999:
 "0", "1", "10", "100", ... would make folder "10" class 2. ``--class-folders numeric`` reads
 each folder's name as its index; then the names must be exactly 0 ... N-1.
+
+torchvision is imported in the functions that use it: it pulls torch._dynamo, seconds, which
+translation runs (which import this module with the plugin) never need.
 """
 import logging
 import os
 from typing import Dict, List, Tuple
-
-import torchvision
-from torchvision.datasets.folder import find_classes
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ class ClassFolderError(ValueError):
 
 def class_folders(root: str, order: str = "names") -> Tuple[List[str], Dict[str, int]]:
     """The classes of ``root`` and their indices: by sorted names, or (``numeric``) the names' integers."""
+    from torchvision.datasets.folder import find_classes
+
     classes, class_to_idx = find_classes(root)
     integers = all(c.isdigit() for c in classes)
     if order == "names":
@@ -48,6 +50,8 @@ def class_folders(root: str, order: str = "names") -> Tuple[List[str], Dict[str,
 
 def image_folder_class(order: str):
     """torchvision's ImageFolder, its classes found in ``order``."""
+    import torchvision
+
     if order == "names":
         return torchvision.datasets.ImageFolder
 

@@ -9,27 +9,35 @@ the images below it once per level, 40 levels deep) when the split is opened. Fi
 without an image extension inside class folders are skipped with one warning that
 lists them (torchvision's ImageFolder skips them silently). Each split logs its image
 count per class when it is opened.
+
+torchvision is imported in the functions that use it, and timm not at all: both pull
+torch._dynamo, seconds, which translation runs (which import this module with the plugin)
+never need.
 """
 import gzip
 import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torchvision
 from fairseq.data import FairseqDataset
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from .class_folders import ClassFolderError, image_folder_class
 from .real_labels import collate_real_labels
 from .transfer import open_transfer_split
 
+if TYPE_CHECKING:
+    import torchvision
+
 logger = logging.getLogger(__name__)
+
+# timm.data's IMAGENET_DEFAULT_MEAN and IMAGENET_DEFAULT_STD (tests/test_import_cost.py checks them)
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 class ImageDataError(ValueError):
@@ -109,9 +117,11 @@ def describe_counts(targets, classes: List[str]) -> str:
     return text + f"from {fewest} ({a}) to {most} ({b}) per class"
 
 
-def image_folder(root: str, class_order: str = "names") -> torchvision.datasets.ImageFolder:
+def image_folder(root: str, class_order: str = "names") -> "torchvision.datasets.ImageFolder":
     """torchvision's ImageFolder over ROOT/CLASS/*.{jpg,png,...}, checked for link loops and empty classes;
     ``class_order`` as ``--class-folders`` (class_folders.py)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
     require_dir(root, "image folder")
     check_link_loops(root)
     skipped: List[str] = []
@@ -185,6 +195,8 @@ def named_dataset(name: str, root: str, train: bool):
         if any(_find_idx(root, f, info.torchvision_class) is None for f in files):
             _download(name, root, train)
         return _IdxImages(*(_read_idx(_find_idx(root, f, info.torchvision_class)) for f in files))
+    import torchvision
+
     cls = getattr(torchvision.datasets, info.torchvision_class)
     try:
         return cls(root, train=train)
@@ -195,6 +207,8 @@ def named_dataset(name: str, root: str, train: bool):
 
 def _download(name: str, root: str, train: bool) -> None:
     logger.info(f"{name} not found under {root}: asking torchvision to download it there")
+    import torchvision
+
     try:
         getattr(torchvision.datasets, NAMED[name].torchvision_class)(root, train=train, download=True)
     except Exception as e:  # no network, a proxy, a full disk: all end here

@@ -19,14 +19,8 @@ one-channel images (Fashion-MNIST) saturation, hue and grayscale change nothing.
 from typing import Sequence, Tuple
 
 import torch
-from torchvision import transforms as T
 
 GLOBAL_VIEWS = 2
-
-
-def _blur(img_size: int, p: float) -> T.RandomApply:
-    kernel = max(3, (img_size // 10) | 1)
-    return T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)
 
 
 class MultiCrop:
@@ -40,6 +34,9 @@ class MultiCrop:
         for name, (low, high) in (("global", global_scale), ("local", local_scale)):
             if not 0 < low <= high <= 1:
                 raise ValueError(f"the {name} crop scale {low}-{high} must lie in (0, 1], smallest first")
+        # imported here: torchvision pulls torch._dynamo, seconds, which translation runs never need
+        from torchvision import transforms as T
+
         flip_and_color = T.Compose([
             T.RandomHorizontalFlip(hflip),
             T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
@@ -50,10 +47,14 @@ class MultiCrop:
         def crop(scale):
             return T.RandomResizedCrop(img_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)
 
-        self.global1 = T.Compose([crop(global_scale), flip_and_color, _blur(img_size, 1.0), normalize])
-        self.global2 = T.Compose([crop(global_scale), flip_and_color, _blur(img_size, 0.1),
-                                  T.RandomSolarize(128, p=0.2), normalize])
-        self.local = T.Compose([crop(local_scale), flip_and_color, _blur(img_size, 0.5), normalize])
+        def blur(p):
+            kernel = max(3, (img_size // 10) | 1)
+            return T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)
+
+        self.global1 = T.Compose([crop(global_scale), flip_and_color, blur(1.0), normalize])
+        self.global2 = T.Compose([crop(global_scale), flip_and_color, blur(0.1), T.RandomSolarize(128, p=0.2),
+                                  normalize])
+        self.local = T.Compose([crop(local_scale), flip_and_color, blur(0.5), normalize])
         self.local_crops = local_crops
 
     @property

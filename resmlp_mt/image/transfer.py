@@ -18,13 +18,14 @@ Images are read with ``load_rgb`` (RGB, the file named in any failure). The labe
 listed when the split is opened (for the per-class counts) without reading an image;
 that reads torchvision's private lists (``_labels``, ``_samples``), which these classes
 have kept since they were added.
+
+torchvision is imported in the functions that use it: it pulls torch._dynamo, seconds, which
+translation runs (which import this module with the plugin) never need.
 """
 import json
 import logging
 import os
 from typing import List, Sequence, Tuple
-
-import torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def open_transfer_split(name: str, root: str, train: bool, loader) -> Split:
 
 
 def _open(name: str, root: str, loader, **split):
+    import torchvision
+
     cls = {"flowers102": torchvision.datasets.Flowers102, "stanford-cars": torchvision.datasets.StanfordCars}[name]
     try:
         return cls(root, loader=loader, **split)
@@ -96,6 +99,8 @@ def _inaturalist(name: str, root: str, train: bool, loader) -> Split:
     listing = os.path.join(root, f"{'train' if train else 'val'}{year}.json")
     if not os.path.isdir(os.path.join(root, year)) or not os.path.isfile(listing):
         raise missing(name, root, FileNotFoundError(f"no {os.path.join(root, year)}/ or no {listing}"))
+    import torchvision
+
     inat = torchvision.datasets.INaturalist(root, version=year, target_type="full", loader=loader)
     with open(listing) as f:
         # "train_val2018/Plantae/7477/3b60c9486db1d2ee875f11a669fbde4a.jpg": below the tree's own top folder

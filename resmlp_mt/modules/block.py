@@ -3,12 +3,12 @@ from typing import Optional, Tuple, Union
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from . import folding
 from .affine import make_norm
 from .layer_scale import LayerScale
+from .mlp import DropPath, Mlp
 from .relative_token_mixing import RelativeTokenMixing
 from .token_mixing import IncrementalState, TokenMixing
 

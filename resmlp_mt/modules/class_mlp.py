@@ -31,11 +31,11 @@ attention computes at initialisation, an average of the tokens, and what the poo
 replaces computes.
 """
 import torch
-from timm.layers import Mlp
 from torch import Tensor, nn
 
 from .affine import Affine
 from .layer_scale import LayerScale
+from .mlp import Mlp
 
 
 class ClassMLPLayer(nn.Module):

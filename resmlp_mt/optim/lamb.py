@@ -14,7 +14,6 @@ from typing import Any, List
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import register_optimizer
 from omegaconf import II
-from timm.optim import Lamb
 
 from .decay_groups import DecayGroupsOptimizer, betas, decay_groups
 
@@ -34,6 +33,9 @@ class LambConfig(FairseqDataclass):
 class TimmLamb(DecayGroupsOptimizer):
     def __init__(self, cfg: LambConfig, params):
         super().__init__(cfg)
+        # imported here: timm pulls torchvision and torch._dynamo, 4 s, which translation runs never need
+        from timm.optim import Lamb
+
         self._optimizer = Lamb(decay_groups(params), **self.optimizer_config)
 
     @property

@@ -26,11 +26,12 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
 from ..image.class_folders import ORDERS, ClassFolderError, class_folders
 from ..image.data import (
     DEFAULT_IMG_SIZE,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
     NAMED,
     ImageDataError,
     ImageDataset,
@@ -144,6 +145,9 @@ class ImageClassificationTask(FairseqTask):
 
     def transform(self, cfg: ImageClassificationConfig, train: bool):
         """timm's training transform (augmentation) or evaluation transform (resize, centre crop)."""
+        # imported here: timm pulls torchvision and torch._dynamo, 4 s, which translation runs never need
+        from timm.data import create_transform
+
         common = dict(input_size=(self.in_chans, cfg.img_size, cfg.img_size), mean=self.mean, std=self.std)
         if train and not cfg.no_augment:
             return create_transform(

@@ -1,0 +1,91 @@
+"""The plugin imports neither timm nor torchvision (nor torchao): every fairseq process with
+``--user-dir resmlp_mt`` imports it, and timm alone costs about 4 s of CPU (torchvision,
+torch._dynamo) that a translation run never needs. The image code imports them where it
+uses them; the few things copied from timm instead are compared with timm's here."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from resmlp_mt.image import data
+from resmlp_mt.modules.mlp import DropPath, Mlp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY = ("timm", "torchvision", "torchao")
+
+# Imports the plugin, then builds a translation model and trains one step of it with
+# dropout and stochastic depth: all without timm.
+TRANSLATION_RUN = f"""
+import sys
+sys.path.insert(0, {os.path.join(REPO, "tests")!r})
+import fairseq, resmlp_mt
+assert resmlp_mt.__file__.startswith({REPO!r}), resmlp_mt.__file__
+heavy = lambda: sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+print("after import:", heavy())
+import torch
+from helpers import build_translation_model
+model = build_translation_model(arch="resmlp_small", dropout=0.1, drop_path=0.1).train()
+tokens = torch.randint(4, 40, (2, 7))
+out, _ = model(tokens, torch.tensor([7, 7]), tokens)
+out.sum().backward()
+print("after a model:", heavy())
+"""
+
+
+@pytest.mark.slow
+def test_importing_the_plugin_and_training_a_translation_model_import_no_timm():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRANSLATION_RUN], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["after import: []", "after a model: []"], proc.stdout
+
+
+def test_imagenet_statistics_are_timms():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert data.IMAGENET_DEFAULT_MEAN == IMAGENET_DEFAULT_MEAN
+    assert data.IMAGENET_DEFAULT_STD == IMAGENET_DEFAULT_STD
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.3, (0.3, 0.0)])
+def test_mlp_is_timms(drop):
+    """Same submodules (state dict, repr), same initial weights under one seed, same outputs with dropout."""
+    from timm.layers import Mlp as TimmMlp
+
+    torch.manual_seed(0)
+    ours = Mlp(8, 32, act_layer=nn.GELU, drop=drop)
+    torch.manual_seed(0)
+    theirs = TimmMlp(8, 32, act_layer=nn.GELU, drop=drop)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    x = torch.randn(5, 3, 8)
+    for training in (False, True):
+        ours.train(training)
+        theirs.train(training)
+        torch.manual_seed(1)
+        expected = theirs(x)
+        torch.manual_seed(1)
+        assert torch.equal(ours(x), expected)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+def test_drop_path_is_timms(p):
+    from timm.layers import DropPath as TimmDropPath
+
+    ours, theirs = DropPath(p), TimmDropPath(p)
+    assert repr(ours) == repr(theirs)
+    x = torch.randn(16, 3, 4)
+    for training in (False, True):
+        ours.train(training)
+        theirs.train(training)
+        torch.manual_seed(2)
+        expected = theirs(x)
+        torch.manual_seed(2)
+        assert torch.equal(ours(x), expected)
