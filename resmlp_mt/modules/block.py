@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from . import folding
 from .affine import make_norm
 from .layer_scale import LayerScale
-from .mlp import DropPath, Mlp
+from .mlp import Mlp
 from .relative_token_mixing import RelativeTokenMixing
+from .stochastic_depth import DropPath
 from .token_mixing import IncrementalState, TokenMixing
 
 
@@ -68,7 +69,7 @@ class ResMLPBlock(nn.Module):
             self.norm_cross = make_norm(norm, dim)
             self.ls_cross = LayerScale(dim, layerscale_init)
         self.norm2 = make_norm(norm, dim)
-        self.mlp = Mlp(dim, hidden_dim or 4 * dim, act_layer=nn.GELU, drop=(activation_dropout, 0.0))
+        self.mlp = Mlp(dim, hidden_dim or 4 * dim, drop=(activation_dropout, 0.0))
         self.ls2 = LayerScale(dim, layerscale_init)
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

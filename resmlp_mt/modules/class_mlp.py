@@ -49,7 +49,7 @@ class ClassMLPLayer(nn.Module):
         self.token_bias = nn.Parameter(torch.zeros(1))
         self.ls1 = LayerScale(dim, layerscale_init)
         self.norm2 = Affine(dim)
-        self.mlp = Mlp(dim, hidden_dim, act_layer=nn.GELU)
+        self.mlp = Mlp(dim, hidden_dim)
         self.ls2 = LayerScale(dim, layerscale_init)
         nn.init.trunc_normal_(self.token_weight, std=0.02)
         with torch.no_grad():
