@@ -53,6 +53,28 @@ def test_imagenet_statistics_are_timms():
     assert data.IMAGENET_DEFAULT_STD == IMAGENET_DEFAULT_STD
 
 
+def assert_same_outputs(ours, theirs, x, seed):
+    """Equal outputs in eval and in training mode, each drawing from the same random state."""
+    for training in (False, True):
+        ours.train(training)
+        theirs.train(training)
+        torch.manual_seed(seed)
+        expected = theirs(x)
+        torch.manual_seed(seed)
+        assert torch.equal(ours(x), expected)
+
+
+class TimeFirst(nn.Module):
+    """A time-first module applied to batch-first activations."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x.transpose(0, 1)).transpose(0, 1)
+
+
 @pytest.mark.parametrize("drop", [0.0, 0.3, (0.3, 0.0)])
 def test_mlp_is_timms(drop):
     """The same state dict, the same initial weights under one seed, the same outputs with dropout."""
@@ -65,14 +87,7 @@ def test_mlp_is_timms(drop):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for key, value in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
-    x = torch.randn(5, 3, 8)
-    for training in (False, True):
-        ours.train(training)
-        theirs.train(training)
-        torch.manual_seed(1)
-        expected = theirs(x)
-        torch.manual_seed(1)
-        assert torch.equal(ours(x), expected)
+    assert_same_outputs(ours, theirs, torch.randn(5, 3, 8), seed=1)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.75])
@@ -81,14 +96,8 @@ def test_drop_path_is_timms_on_the_batch_dimension(p):
     from timm.layers import DropPath as TimmDropPath
 
     ours, theirs = DropPath(p), TimmDropPath(p)
-    x = torch.randn(16, 3, 4)  # (batch, tokens, channels) for timm
-    for training in (False, True):
-        ours.train(training)
-        theirs.train(training)
-        torch.manual_seed(2)
-        expected = theirs(x)
-        torch.manual_seed(2)
-        assert torch.equal(ours(x.transpose(0, 1)).transpose(0, 1), expected)
+    time_first = TimeFirst(ours)
+    assert_same_outputs(time_first, theirs, torch.randn(16, 3, 4), seed=2)  # (batch, tokens, channels) for timm
 
 
 def test_drop_path_drops_whole_examples_of_a_block():

@@ -39,13 +39,17 @@ def teacher_temperature(update: int, start: float, end: float, warmup: int) -> f
     return start + (end - start) * update / warmup
 
 
-def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp: float, teacher_temp: float) -> Tensor:
+def teacher_targets(teacher: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
+    """The teacher's centred, sharpened distributions ``(G, B, K)``, in fp32."""
+    return torch.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+
+
+def dino_loss(student: Tensor, q: Tensor, student_temp: float) -> Tensor:
     """Per image, the cross entropy of every (teacher global view, other student view) pair, averaged
-    over pairs: student ``(V, B, K)``, teacher ``(G, B, K)`` -> ``(B,)``. Computed in fp32."""
+    over pairs: student ``(V, B, K)``, teacher targets ``q`` ``(G, B, K)`` -> ``(B,)``. Computed in fp32."""
     log_p = torch.log_softmax(student.float() / student_temp, dim=-1)
-    q = torch.softmax((teacher.float() - center) / teacher_temp, dim=-1)
     cross = -torch.einsum("gbk,vbk->gvb", q, log_p)  # (G, V, B)
-    views, globals_ = student.size(0), teacher.size(0)
+    views, globals_ = student.size(0), q.size(0)
     other = ~torch.eye(globals_, views, dtype=torch.bool, device=cross.device)  # teacher view g, student view v != g
     return cross[other].mean(0)
 
@@ -67,11 +71,12 @@ class DinoCriterion(FairseqCriterion):
         cfg = self.cfg
         tau_t = teacher_temperature(model.num_updates, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                     cfg.warmup_teacher_temp_updates)
-        per_image = dino_loss(student, teacher, model.center, cfg.student_temp, tau_t)
+        q = teacher_targets(teacher, model.center, tau_t)
+        per_image = dino_loss(student, q, cfg.student_temp)
         loss = per_image.sum()
         n = per_image.size(0)
         with torch.no_grad():
-            q = torch.softmax((teacher.float() - model.center) / tau_t, dim=-1).flatten(0, -2)
+            q = q.flatten(0, -2)
             teacher_entropy = entropy(q).sum().item() / q.size(0) * n
             batch_entropy = entropy(q.mean(0)).item() * n
         if model.training:
