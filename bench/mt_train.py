@@ -14,11 +14,18 @@ whatever the allocator keeps), with interpreter, libraries and data excluded.
 
     python bench/mt_train.py                       # demo and wmt sizes, synthetic batches
     python bench/mt_train.py --data DATA_BIN       # real batches from DATA_BIN's train split
+    python bench/mt_train.py --torch-dropout       # also ResMLP with torch's dropout masks
+
+``--torch-dropout`` adds a ResMLP contender whose dropout modules draw their masks with
+torch's ``F.dropout`` instead of ``resmlp_mt.modules.dropout``'s cheaper CPU mask: the
+same model, data and steps otherwise, so the ratio is what the cheaper mask buys.
 """
 import argparse
 import json
+import types
 
 from fairseq import optim
+from fairseq.modules import FairseqDropout
 
 from benchlib import (
     cycling,
@@ -36,6 +43,7 @@ from benchlib import (
 )
 from mtlib import MODELS, SIZES, batches, multi30k_like, setup_task
 from resmlp_mt import cpu_bf16
+from resmlp_mt.modules import Dropout
 
 TARGET_SPEED, TARGET_MEMORY, TARGET_BF16 = 1.3, 1.0, 2.0
 
@@ -44,8 +52,12 @@ class TrainingRun:
     """One contender: model, criterion and Adam as fairseq-train builds them, from (cfg, task);
     precision "bf16" is what ``fairseq-train --bf16`` does on the CPU with the plugin loaded."""
 
-    def __init__(self, cfg, task, precision: str = "fp32"):
+    def __init__(self, cfg, task, precision: str = "fp32", torch_dropout: bool = False):
         self.task, self.model = task, task.build_model(cfg.model)
+        if torch_dropout:  # fairseq's FairseqDropout.forward: F.dropout, torch's masks
+            for module in self.model.modules():
+                if isinstance(module, Dropout):
+                    module.forward = types.MethodType(FairseqDropout.forward, module)
         self.criterion = task.build_criterion(cfg.criterion)
         if precision == "bf16":
             cpu_bf16.autocast_forward(self.criterion)
@@ -69,16 +81,26 @@ def training_batches(args, task, size: str, count: int):
     return batches(task, dataset, SIZES[size]["positions"], count, max_tokens=args.max_tokens)
 
 
-def contenders(precisions):
-    """(name, model, precision): "resmlp", "transformer", and "resmlp+bf16", ... for bf16."""
-    return [(m if p == "fp32" else f"{m}+{p}", m, p) for m in MODELS for p in precisions]
+TORCH_DROPOUT = "resmlp-torch-dropout"
+
+
+def contenders(precisions, torch_dropout: bool = False):
+    """(name, model, precision): "resmlp", "transformer", and "resmlp+bf16", ... for bf16;
+    with ``torch_dropout``, also "resmlp-torch-dropout" in each precision."""
+    models = MODELS + ((TORCH_DROPOUT,) if torch_dropout else ())
+    return [(m if p == "fp32" else f"{m}+{p}", m, p) for m in models for p in precisions]
+
+
+def contender_task(model: str, size: str, data):
+    """(cfg, task) of a contender: "resmlp-torch-dropout" is built as "resmlp"."""
+    return setup_task("resmlp" if model == TORCH_DROPOUT else model, size, data)
 
 
 def peak_memory_child(args) -> None:
-    cfg, task = setup_task(args.memory_of, args.size, args.data)
+    cfg, task = contender_task(args.memory_of, args.size, args.data)
     samples = training_batches(args, task, args.size, args.batches)
     base = reset_peak_rss()
-    TrainingRun(cfg, task, args.precision)(samples)
+    TrainingRun(cfg, task, args.precision, args.memory_of == TORCH_DROPOUT)(samples)
     print(json.dumps({"peak_mib": (rss_kib("VmHWM") - base) / 1024}))
 
 
@@ -90,7 +112,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--precisions", default="fp32,bf16",
                    help="fp32 and/or bf16 (fairseq-train --bf16 on the CPU: autocast, fp32 weights)")
-    p.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    p.add_argument("--torch-dropout", action="store_true",
+                   help="also time ResMLP with torch's dropout masks (F.dropout) instead of the plugin's CPU mask")
+    p.add_argument("--memory-of", choices=MODELS + (TORCH_DROPOUT,), help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -99,7 +123,7 @@ def main() -> None:
         return peak_memory_child(args)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     precisions = args.precisions.split(",")
-    who = contenders(precisions)
+    who = contenders(precisions, args.torch_dropout)
     env = environment(args.threads)
     rows, ratios, raw = [], [], {}
     for size in sizes:
@@ -109,7 +133,8 @@ def main() -> None:
         children = in_fresh_processes(__file__, [["--memory-of", m, "--precision", pr, *child_args]
                                                  for _, m, pr in who], args.threads)
         memory = {name: child["peak_mib"] for (name, _, _), child in zip(who, children)}
-        runs = {name: TrainingRun(*setup_task(m, size, args.data), pr) for name, m, pr in who}
+        runs = {name: TrainingRun(*contender_task(m, size, args.data), pr, m == TORCH_DROPOUT)
+                for name, m, pr in who}
         samples = training_batches(args, runs["resmlp"].task if "resmlp" in runs else runs[who[0][0]].task, size, k)
         tokens = sum(s["ntokens"] for s in samples)
         seconds = interleaved({name: cycling(lambda s, r=runs[name]: r([s]), samples) for name, _, _ in who},
@@ -129,6 +154,11 @@ def main() -> None:
                                          paired_speedup(seconds, f"{m}+bf16", m), TARGET_BF16))
                 ratios.append(ratio_line(f"{m} bf16/fp32 training peak memory [{size}]",
                                          memory[f"{m}+bf16"] / memory[m], TARGET_MEMORY, better_high=False))
+        if args.torch_dropout:
+            for pr in precisions:
+                fast, slow = contenders([pr], True)[0][0], contenders([pr], True)[2][0]
+                ratios.append(ratio_line(f"resmlp cheaper/torch dropout masks, training tokens/s [{size}, {pr}]",
+                                         paired_speedup(seconds, fast, slow), 1.0))
         raw[size] = {"seconds_per_step": seconds, "target_tokens": tokens, "peak_mib": memory}
     source = f"batches of {args.data}/train" if args.data else "synthetic Multi30k-like batches"
     report([(f"MT training: fwd+bwd+Adam, label-smoothed CE, {source}, --max-tokens {args.max_tokens}",

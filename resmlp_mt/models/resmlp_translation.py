@@ -62,11 +62,11 @@ from fairseq.models import (
     register_model_architecture,
 )
 from fairseq.models.transformer import Embedding
-from fairseq.modules import FairseqDropout, MultiheadAttention
+from fairseq.modules import MultiheadAttention
 from torch import Tensor, nn
 
 from .. import fairseq_compat, replace_unk
-from ..modules import ResMLPBlock, SequenceTooLongError, make_norm
+from ..modules import Dropout, ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
 from ..usage_errors import CheckpointMismatchError
 from .target_padding import moved_to_the_left
@@ -184,7 +184,7 @@ class ResMLPEncoder(FairseqEncoder):
         self.relative = cfg.token_mixing == "relative"
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
-        self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
+        self.dropout_module = Dropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = _blocks(cfg, dim, cfg.max_source_positions, "padded", cfg.encoder_ffn_embed_dim,
                               cfg.encoder_layers)
         self.final_norm = make_norm(cfg.norm, dim)
@@ -286,7 +286,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         self.relative = cfg.token_mixing == "relative"
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim**0.5
-        self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
+        self.dropout_module = Dropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = _blocks(
             cfg, dim, cfg.max_target_positions, "causal", cfg.decoder_ffn_embed_dim, cfg.decoder_layers,
             cross_attention=lambda: MultiheadAttention(

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from . import folding
 from .affine import make_norm
+from .dropout import Dropout
 from .layer_scale import LayerScale
 from .mlp import Mlp
 from .relative_token_mixing import RelativeTokenMixing
@@ -71,7 +72,7 @@ class ResMLPBlock(nn.Module):
         self.norm2 = make_norm(norm, dim)
         self.mlp = Mlp(dim, hidden_dim or 4 * dim, drop=(activation_dropout, 0.0))
         self.ls2 = LayerScale(dim, layerscale_init)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _residual(self, x: Tensor, branch: Tensor) -> Tensor:
