@@ -9,21 +9,25 @@ every fairseq model run with the plugin loaded (the plugin's and fairseq's own
 
 * ``fp32`` (the default): the model as trained.
 * ``bf16``: the model's parameters and buffers are cast to bfloat16 and the whole forward
-  pass runs in it (AMX / AVX512-BF16 GEMMs). Scores stay fp32: fairseq's
-  ``get_normalized_probs`` takes the log-softmax in fp32 (``dtype=torch.float32``), so beam
-  search adds up fp32 log-probabilities of bf16 logits.
-* ``int8``: ``bf16``, and then the weights of every ``nn.Linear`` (MLPs, attention
-  projections, the output projection) are quantized to int8, symmetric, one scale per
+  pass runs in it (AMX / AVX512-BF16 GEMMs), but for the logits (below). Scores stay
+  fp32: fairseq's ``get_normalized_probs`` takes the log-softmax in fp32.
+* ``int8``: ``bf16``, and then the weights of every ``nn.Linear`` but the output
+  projection (MLPs, attention projections) are quantized to int8, symmetric, one scale per
   output channel, with torchao (``Int8WeightOnlyConfig``): int8 weights, bf16 activations
-  and GEMMs (each call widens the int8 weight to bf16 and scales the product). Its
-  linear layers hold a quarter of fp32's bytes. torchao's dynamic int8 activations
+  and GEMMs (each call widens the int8 weight to bf16 and scales the product). Those
+  layers hold a quarter of fp32's bytes. torchao's dynamic int8 activations
   (``Int8DynamicActivationInt8WeightConfig``, int8 GEMMs) measured 0.6x fp32's beam-search
   speed here in eager mode (the activations' quantization runs as many small operations
-  per call, which torchao leaves to torch.compile to fuse), so they are not used. With
-  shared embeddings the output projection's weight *is* the embedding matrix: the
-  projection gets an int8 copy and the embeddings stay bf16. Token mixing
-  (``resmlp_mt/modules``) and norms stay bf16; ResMLP blocks then call their MLP layers as
-  modules instead of folding LayerScale into the weights (``folding.foldable``).
+  per call, which torchao leaves to torch.compile to fuse), so they are not used. Token
+  mixing (``resmlp_mt/modules``) and norms stay bf16; ResMLP blocks then call their MLP
+  layers as modules instead of folding LayerScale into the weights (``folding.foldable``).
+
+In both, the output projection stays a bf16 GEMM, and the words beam search can choose
+among get fp32 logits (:func:`exact_top_logits`): a bf16 GEMM rounds its outputs to 8
+significant bits, so a logit near 20 is off by up to 0.06, and beam search ranks
+hypotheses by sums of such differences. On the demo model that rounding alone cost 0.38
+BLEU on test2016 (fp32 logits: 0.03); int8 weights for the projection (the same speed as
+bf16 here) would add their own error to every logit.
 
 The shim ``inference_precision`` (``fairseq_compat``) adds the option to fairseq's
 generation parsers, carries its value into ``cfg.generation.inference_precision`` (fairseq's
@@ -38,13 +42,15 @@ import sys
 from typing import Optional
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .usage_errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
+EXACT_LOGITS = 16  # per position: beam search's candidates are the 2 x beam best words of each hypothesis
 DEFAULT = "fp32"
 OPTION = "--inference-precision"
 HELP = ("the precision of the model's arithmetic in generation (with the resmlp_mt plugin): fp32 (as trained), "
@@ -112,11 +118,37 @@ def convert_(model: nn.Module, precision: Optional[str]) -> nn.Module:
     if done not in (precision, DEFAULT):
         raise PrecisionError(f"this model was already converted to {done}; load it again for {precision}")
     if done != precision:
+        projection = _output_projection(model)
         if precision == "int8":
-            _quantize_linears_(model)  # from the fp32 weights: one rounding, not two
+            _quantize_linears_(model, keep=projection)  # from the fp32 weights: one rounding, not two
         model._apply(_to_bf16)
+        if projection is not None:
+            projection.register_forward_hook(exact_top_logits)
     model.resmlp_inference_precision = precision
     return model
+
+
+def _output_projection(model: nn.Module) -> Optional[nn.Linear]:
+    """The decoder's output projection (fairseq's ``decoder.output_projection``, ours too), when
+    it is a plain bias-free linear layer; None otherwise (an adaptive softmax, no decoder)."""
+    projection = getattr(getattr(model, "decoder", None), "output_projection", None)
+    if type(projection) is nn.Linear and projection.bias is None:
+        return projection
+    return None
+
+
+def exact_top_logits(projection: nn.Linear, inputs, logits: Tensor, k: int = EXACT_LOGITS) -> Tensor:
+    """A forward hook of a low-precision output projection: its ``logits`` in fp32, with the
+    ``k`` largest of each position recomputed from the same weights and features in fp32
+    arithmetic (k x d multiply-adds per position against the vocabulary's V x d). The
+    log-softmax's normaliser is dominated by those same words, so the scores beam search
+    compares are fp32's to within the features' own rounding."""
+    features, weight = inputs[0], projection.weight
+    logits = logits.float()
+    top = logits.topk(min(k, logits.size(-1)), dim=-1).indices
+    rows = F.embedding(top, weight).float()  # (..., k, d)
+    exact = torch.matmul(rows, features.float().unsqueeze(-1)).squeeze(-1)
+    return logits.scatter_(-1, top, exact)
 
 
 def _to_bf16(tensor: torch.Tensor) -> torch.Tensor:
@@ -126,12 +158,13 @@ def _to_bf16(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _quantize_linears_(model: nn.Module) -> None:
+def _quantize_linears_(model: nn.Module, keep: Optional[nn.Module] = None) -> None:
+    """int8 weights for every plain ``nn.Linear`` of ``model`` but ``keep``."""
     from fairseq.modules import MultiheadAttention
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     def is_linear(module, name=""):
-        return type(module) is nn.Linear and type(module.weight.data) is torch.Tensor
+        return type(module) is nn.Linear and type(module.weight.data) is torch.Tensor and module is not keep
 
     quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False), filter_fn=is_linear)
     for module in model.modules():

@@ -104,17 +104,43 @@ def test_beam_search_scores_equal_a_full_pass_in_the_same_precision(kind, infere
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_int8_quantizes_every_linear_and_keeps_embeddings(kind):
+def test_int8_quantizes_every_linear_but_the_output_projection(kind):
     from torchao.quantization import Int8Tensor
 
     model = precision.convert_(build(kind), "int8")
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
     projection = model.decoder.output_projection
-    assert isinstance(projection.weight, Int8Tensor) and projection.weight.shape == (40, 32)  # an int8 copy
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not projection]
+    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
     embeddings = model.encoder.embed_tokens.weight
     assert type(embeddings.data) is torch.Tensor and embeddings.dtype == torch.bfloat16
     assert model.decoder.embed_tokens.weight is embeddings  # still shared by encoder and decoder
+    assert projection.weight is embeddings  # the bf16 projection, still tied
+
+
+@pytest.mark.parametrize("inference_precision", ["bf16", "int8"])
+@pytest.mark.parametrize("kind", MODELS)
+def test_the_best_words_get_fp32_logits(kind, inference_precision):
+    """The converted model's logits against float64 products of the same (bf16) features and
+    weights: the 8 largest of each position (beam 4's candidates) to fp32 rounding, the rest
+    to bf16's, which is all a plain bf16 projection gives. (The hook recomputes the 16
+    largest bf16 logits, which hold the 8 largest exact ones: a swap at the 16th is fine.)"""
+    model = precision.convert_(build(kind, vocab=300), inference_precision)
+    projection = model.decoder.output_projection
+    seen = {}
+    projection.register_forward_hook(lambda module, inputs, out: seen.update(features=inputs[0], logits=out))
+    d = model.decoder.dictionary
+    sample = sources(d)
+    prev = random_tokens(5, 7, len(d), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        model.decoder(prev, model.encoder(**sample["net_input"]))
+    features, logits = seen["features"], seen["logits"]
+    assert features.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    reference = features.double() @ projection.weight.detach().double().t()
+    top = reference.topk(8, dim=-1).indices
+    top_error = (logits.double() - reference).gather(-1, top).abs() / reference.gather(-1, top).abs()
+    assert top_error.max() < 2.0**-20  # fp32 sums of 32 products (bf16's own: 2^-9)
+    rest = (logits.double() - reference).abs() / reference.abs().clamp_min(1e-3)
+    assert rest.max() < 2.0**-7 and rest.max() > 2.0**-20  # the others: bf16 GEMM outputs
 
 
 def test_bf16_casts_every_floating_tensor():

@@ -9,7 +9,8 @@ CLI's own ``Translated N sentences ... (X sentences/s)`` (start-up and loading l
 with OMP/MKL threads set to ``--threads``. The runs are interleaved: round by round, each
 model in each precision once, so that the load of a shared machine falls on all of them
 alike; BLEU comes from the first round (every round translates the same), speed is the
-median over rounds, and its ratio to fp32 the median of per-round ratios.
+median over rounds, and its ratio to fp32 the median of per-round ratios; "same output as
+fp32" is the share of sentences translated exactly as fp32 translates them.
 
     R=runs/compare-joined-en-de
     python examples/translation/precision_table.py --out runs/precision --rounds 3 \\
@@ -48,10 +49,22 @@ def generate(data: str, checkpoint: str, pair: str, precision: str, out: str, th
     return float(TRANSLATED.search(proc.stderr).group(2))
 
 
-def bleu(output: str, data: str, pair: str) -> float:
+def hypotheses(output: str, data: str, pair: str):
+    """(hypotheses in test order, references): every sentence, or an error (as resmlp-score)."""
     refs = read_lines(os.path.join(data, f"test.raw.{pair.split('-')[1]}"))
-    hyps = ordered(read_hypotheses(output), len(refs), output)  # every sentence, or an error
+    return ordered(read_hypotheses(output), len(refs), output), refs
+
+
+def bleu(output: str, data: str, pair: str) -> float:
+    hyps, refs = hypotheses(output, data, pair)
     return sacrebleu.BLEU(tokenize="13a").corpus_score(hyps, [refs]).score  # as resmlp-score
+
+
+def same_as(output: str, reference_output: str, data: str, pair: str) -> float:
+    """The share of sentences translated exactly as in ``reference_output`` (fp32's): a
+    measure of fidelity that, unlike a BLEU difference, does not average changes away."""
+    a, b = hypotheses(output, data, pair)[0], hypotheses(reference_output, data, pair)[0]
+    return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
 def main() -> None:
@@ -80,8 +93,9 @@ def main() -> None:
                     scores[name, precision] = bleu(out, data, args.pair)
                 print(f"round {r + 1}: {name} {precision}: {speed[name, precision][-1]:.1f} sentences/s, "
                       f"BLEU {scores[name, precision]:.2f}", flush=True)
-    print("\n| model | precision | test2016 BLEU | Δ BLEU | beam-4 sentences/s | vs fp32 (quartiles) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | precision | test2016 BLEU | Δ BLEU | same output as fp32 | beam-4 sentences/s | "
+          "vs fp32 (quartiles) |")
+    print("|---|---|---|---|---|---|---|")
     rows = []
     for name in models:
         for precision in precisions:
@@ -89,9 +103,12 @@ def main() -> None:
             ratios = [a / b for a, b in zip(speed[name, precision], speed[name, "fp32"])]
             q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
             delta = scores[name, precision] - scores[name, "fp32"]
-            print(f"| {name} | {precision} | {scores[name, precision]:.2f} | {delta:+.2f} | {rate:.1f} | "
+            data = models[name].split(":", 1)[0]
+            same = same_as(os.path.join(args.out, f"{name}.{precision}.txt"),
+                           os.path.join(args.out, f"{name}.fp32.txt"), data, args.pair)
+            print(f"| {name} | {precision} | {scores[name, precision]:.2f} | {delta:+.2f} | {same:.1%} | {rate:.1f} | "
                   f"{q[1]:.2f}× ({q[0]:.2f}–{q[2]:.2f}) |")
-            rows.append({"model": name, "precision": precision, "bleu": scores[name, precision],
+            rows.append({"model": name, "precision": precision, "bleu": scores[name, precision], "same_as_fp32": same,
                          "sentences_per_s": speed[name, precision], "ratio_quartiles": q})
     load = os.getloadavg()[0]
     print(f"\n{args.threads} threads, {args.rounds} rounds, 1-min load average {load:.2f} at the end")
