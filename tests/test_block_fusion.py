@@ -69,6 +69,12 @@ def test_folded_block_matches_the_plain_sequence(norm, mixing, window, training,
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[1]:
+        if name == "cross_attention.k_proj.bias":
+            # adds q.b to every score of a query, which softmax ignores: a zero gradient in exact
+            # arithmetic, so both are rounding noise (up to 1.2e-5 seen), not a value to compare
+            scale = max(g.abs().max() for g in grads[1].values())
+            assert max(grads[0][name].abs().max(), grads[1][name].abs().max()) <= 1e-5 * scale
+            continue
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
