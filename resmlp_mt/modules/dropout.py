@@ -6,7 +6,8 @@ that is most of what dropout costs, and dropout on every residual branch was 14%
 bf16 training step at the demo's size (``bench/profile_mt.py``). Here one 64-bit draw gives
 four 16-bit numbers, an element is kept when its number is at least ``p * 2**16``, and the
 mask is made in the input's dtype already scaled: one draw per four elements, one compare,
-one product (``bench/dropout.py`` times it against ``F.dropout``).
+one product. ``bench/mt_train.py --torch-dropout`` times training steps with either mask:
+1.07x (fp32) and 1.10x (bf16) at the demo's size, 1.04x and 1.09x at the WMT size.
 
 The price is that ``p`` is rounded to a multiple of ``2**-16`` (at most 7.7e-6 away); kept
 elements are scaled by ``1 / (1 - p')`` of that rounded ``p'``, so the expectation is exact.
