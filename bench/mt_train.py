@@ -88,7 +88,12 @@ def contenders(precisions, torch_dropout: bool = False):
     """(name, model, precision): "resmlp", "transformer", and "resmlp+bf16", ... for bf16;
     with ``torch_dropout``, also "resmlp-torch-dropout" in each precision."""
     models = MODELS + ((TORCH_DROPOUT,) if torch_dropout else ())
-    return [(m if p == "fp32" else f"{m}+{p}", m, p) for m in models for p in precisions]
+    return [(named(m, p), m, p) for m in models for p in precisions]
+
+
+def named(model: str, precision: str) -> str:
+    """A contender's name: the model, with "+bf16" for bf16."""
+    return model if precision == "fp32" else f"{model}+{precision}"
 
 
 def contender_task(model: str, size: str, data):
@@ -143,7 +148,7 @@ def main() -> None:
         for name, m, pr in who:
             rows.append([size, m, pr, runs[name].params / 1e6, len(samples), tokens, speed[name], memory[name]])
         for pr in precisions:
-            a, b = contenders([pr])[0][0], contenders([pr])[1][0]
+            a, b = named("resmlp", pr), named("transformer", pr)
             ratios.append(ratio_line(f"resmlp/transformer training tokens/s [{size}, {pr}]",
                                      paired_speedup(seconds, a, b), TARGET_SPEED))
             ratios.append(ratio_line(f"resmlp/transformer training peak memory [{size}, {pr}]",
@@ -151,14 +156,13 @@ def main() -> None:
         if "fp32" in precisions and "bf16" in precisions:
             for m in MODELS:
                 ratios.append(ratio_line(f"{m} bf16/fp32 training tokens/s [{size}]",
-                                         paired_speedup(seconds, f"{m}+bf16", m), TARGET_BF16))
+                                         paired_speedup(seconds, named(m, "bf16"), m), TARGET_BF16))
                 ratios.append(ratio_line(f"{m} bf16/fp32 training peak memory [{size}]",
-                                         memory[f"{m}+bf16"] / memory[m], TARGET_MEMORY, better_high=False))
+                                         memory[named(m, "bf16")] / memory[m], TARGET_MEMORY, better_high=False))
         if args.torch_dropout:
             for pr in precisions:
-                fast, slow = contenders([pr], True)[0][0], contenders([pr], True)[2][0]
                 ratios.append(ratio_line(f"resmlp cheaper/torch dropout masks, training tokens/s [{size}, {pr}]",
-                                         paired_speedup(seconds, fast, slow), 1.0))
+                                         paired_speedup(seconds, named("resmlp", pr), named(TORCH_DROPOUT, pr)), 1.0))
         raw[size] = {"seconds_per_step": seconds, "target_tokens": tokens, "peak_mib": memory}
     source = f"batches of {args.data}/train" if args.data else "synthetic Multi30k-like batches"
     report([(f"MT training: fwd+bwd+Adam, label-smoothed CE, {source}, --max-tokens {args.max_tokens}",
