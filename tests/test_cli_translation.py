@@ -31,7 +31,8 @@ RELATIVE = ["--token-mixing", "relative", "--mixing-window", "2",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [[], RELATIVE], ids=["absolute", "relative"])
+@pytest.mark.parametrize("mode", [[], RELATIVE, [*RELATIVE, "--cross-attention-coverage"]],
+                         ids=["absolute", "relative", "relative+coverage"])
 def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     save = str(tmp_path / "ckpt")
     args = train_args(tiny_data_bin, save, 200, "--save-interval-updates", "4", "--no-epoch-checkpoints", *mode)

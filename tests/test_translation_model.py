@@ -10,14 +10,28 @@ from resmlp_mt.modules import SequenceTooLongError
 torch.manual_seed(0)
 SMALL = dict(encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_layers=2, decoder_layers=2,
              decoder_attention_heads=2, max_source_positions=20, max_target_positions=20)
-# The paper's absolute matrices, and relative mixing with a window shorter than the sentences.
-MODES = pytest.mark.parametrize("mode", [{}, {"token_mixing": "relative", "mixing_window": 3}],
-                                ids=["absolute", "relative"])
+# The paper's absolute matrices, relative mixing with a window shorter than the sentences, and
+# that with cross-attention coverage (its weights made non-zero below: they start at 0).
+MODES = pytest.mark.parametrize("mode", [{}, {"token_mixing": "relative", "mixing_window": 3},
+                                         {"token_mixing": "relative", "mixing_window": 3,
+                                          "cross_attention_coverage": True}],
+                                ids=["absolute", "relative", "relative+coverage"])
+
+
+def build(mode):
+    """The SMALL model in ``mode``; coverage biases (beta) drawn in [0.5, 2.5] per head, so that
+    the coverage changes the attention these tests follow."""
+    model = build_translation_model(**SMALL, **mode)
+    for name, weight in model.named_parameters():
+        if name.endswith("coverage_weight"):
+            with torch.no_grad():
+                weight.uniform_(0.05, 0.25)  # x CoverageAttention.GAIN
+    return model
 
 
 @MODES
 def test_decoder_is_causal(mode):
-    model = build_translation_model(**SMALL, **mode)
+    model = build(mode)
     src = random_tokens(2, 7, 40)
     enc = model.encoder(src, torch.tensor([7, 7]))
     prev = random_tokens(2, 9, 40)
@@ -32,7 +46,7 @@ def test_decoder_is_causal(mode):
 
 @MODES
 def test_incremental_decoding_matches_full_pass_with_beam_reorder(mode):
-    model = build_translation_model(**SMALL, **mode)
+    model = build(mode)
     src = random_tokens(2, 6, 40)
     src[1, :2] = 1  # a left-padded, shorter source
     beam = 2
@@ -62,7 +76,7 @@ def test_incremental_decoding_matches_full_pass_with_beam_reorder(mode):
 @pytest.mark.parametrize("left_pad", [True, False])
 @MODES
 def test_encoder_output_does_not_depend_on_batch_or_padding_side(left_pad, mode):
-    model = build_translation_model(**SMALL, **mode)
+    model = build(mode)
     lengths = [9, 4, 6, 1]
     sentences = [random_tokens(1, n, 40)[0] for n in lengths]
     batch = torch.full((4, 9), 1)
@@ -167,7 +181,7 @@ def test_beam_search_scores_equal_a_full_forward_pass_of_each_hypothesis(mode):
     from fairseq.sequence_generator import SequenceGenerator
 
     torch.manual_seed(0)
-    model = build_translation_model(**SMALL, **mode)
+    model = build(mode)
     d = model.decoder.dictionary
     with torch.no_grad():  # EOS likely enough that sentences end at different steps
         model.decoder.output_projection.weight[d.eos()] *= 2.5 if mode else 3

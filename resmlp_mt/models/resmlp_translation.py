@@ -47,6 +47,7 @@ All of it lives in fairseq's ``incremental_state`` (or the encoder-output dict) 
 decoding, as tensors: nothing outlives a decoding or sits on a module, since fairseq's
 optimizers update weights through ``.data``, which no cache could notice.
 """
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -66,10 +67,12 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor, nn
 
 from .. import fairseq_compat, replace_unk
-from ..modules import Dropout, ResMLPBlock, SequenceTooLongError, make_norm
+from ..modules import CoverageAttention, Dropout, ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
 from ..usage_errors import CheckpointMismatchError
 from .target_padding import moved_to_the_left
+
+logger = logging.getLogger(__name__)
 
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
 MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
@@ -117,6 +120,12 @@ class ResMLPTranslationConfig(FairseqDataclass):
         default="normal",
         metadata={"help": "initial token-mixing matrices: small random (normal, std 0.02, as the official "
                           "code) or the mean over earlier positions plus that noise (mean)"},
+    )
+    cross_attention_coverage: bool = field(
+        default=False,
+        metadata={"help": "lower each cross-attention head's logit for a source position by a learned multiple "
+                          "of the attention it has already given that position (coverage: what was translated "
+                          "is not translated again, on inputs of any length)"},
     )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
@@ -289,7 +298,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         self.dropout_module = Dropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = _blocks(
             cfg, dim, cfg.max_target_positions, "causal", cfg.decoder_ffn_embed_dim, cfg.decoder_layers,
-            cross_attention=lambda: MultiheadAttention(
+            cross_attention=lambda: (CoverageAttention if cfg.cross_attention_coverage else MultiheadAttention)(
                 dim,
                 cfg.decoder_attention_heads,
                 kdim=cfg.encoder_embed_dim,
@@ -443,7 +452,29 @@ class ResMLPModel(FairseqEncoderDecoderModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""
         self._check_checkpoint_shapes(state_dict)
+        state_dict = self._with_coverage_weights(state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def _with_coverage_weights(self, state_dict):
+        """A checkpoint trained without cross-attention coverage, loaded to go on training with
+        ``--cross-attention-coverage``: its coverage weights start at zero, where a new model's
+        do, so the model computes what the checkpoint did until training moves them."""
+        ours = [key for key, _ in self.named_parameters() if key.endswith(".coverage_weight")]
+        theirs = [key for key in state_dict if key.endswith(".coverage_weight")]
+        if theirs and not ours:
+            raise CheckpointMismatchError(
+                "the checkpoint's decoder has cross-attention coverage but the model being built has none: "
+                "build it with --cross-attention-coverage (the checkpoint's own setting)"
+            )
+        missing = [key for key in ours if key not in state_dict]
+        if not missing:
+            return state_dict
+        logger.info("the checkpoint has no cross-attention coverage: the coverage weights of its %d decoder layers "
+                    "start at 0", len(missing))
+        state_dict = dict(state_dict)
+        for key in missing:
+            state_dict[key] = torch.zeros_like(self.get_parameter(key))
+        return state_dict
 
     def _check_checkpoint_shapes(self, state_dict) -> None:
         files = getattr(self, "dictionary_files", None) or ("source dictionary", "target dictionary")
@@ -525,6 +556,7 @@ def resmlp_wmt_en_de(args):
         no_scale_embedding=False,
         token_mixing="absolute",
         mixing_window=16,
+        cross_attention_coverage=False,
     )
 
 

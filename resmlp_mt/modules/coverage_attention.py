@@ -1,0 +1,102 @@
+"""Encoder-decoder attention that remembers what it has already read (a coverage bias).
+
+Relative token mixing tells the decoder what it wrote in the last K positions, not where it
+is in a long source: translating several sentences, it finds two "A man ..." that look the
+same to attention's content match, and translates the first one twice. Coverage (Tu et al.,
+2016, "Modeling Coverage for Neural Machine Translation") is the memory that disambiguates
+them without any position: each head lowers its logit for source position j by
+``beta_h * c_h[j]``, where ``c_h[j]`` is the attention that head has already given j at the
+earlier target positions:
+
+    a_t = softmax(q_t . k / sqrt(d_h)  -  beta_h * c_t),      c_{t+1} = c_t + a_t,  c_0 = 0
+
+It depends on no length (one learned number per head, initialised at 0: the attention starts
+as fairseq's own), and a decoding step keeps one running sum per hypothesis, head and source
+position, the size of the attention weights it already computes.
+
+It is fairseq's ``MultiheadAttention`` (keys and values cached once per sentence in beam
+search, alignments, int8 projections), with the bias added where fairseq lets a subclass
+change the logits (``apply_sparse_mask``). ``c_t`` depends on the earlier rows' softmax, so a
+full pass walks the target positions in order: T small operations per layer.
+"""
+from typing import Dict, Optional
+
+import torch
+from fairseq.modules import MultiheadAttention
+from torch import Tensor, nn
+
+
+class CoverageAttention(MultiheadAttention):
+    """``MultiheadAttention(dim, heads, kdim=, vdim=, dropout=)`` over the encoder output, with
+    a coverage bias per head (``beta``, above)."""
+
+    # beta = GAIN * coverage_weight. Adam moves a parameter by about the learning rate per
+    # step whatever its gradient, and a useful beta is of the order of the logits (a few
+    # units): without a gain, the 600 updates of a fine-tuning could move it by 0.3 at most.
+    GAIN = 10.0
+
+    def __init__(self, embed_dim: int, num_heads: int, **kwargs):
+        kwargs["encoder_decoder_attention"] = True
+        super().__init__(embed_dim, num_heads, **kwargs)
+        self.coverage_weight = nn.Parameter(torch.zeros(num_heads))
+        self._call: Optional[tuple] = None  # (key_padding_mask, incremental_state) of the current call
+
+    def forward(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor],
+                key_padding_mask: Optional[Tensor] = None, incremental_state=None, need_weights: bool = True,
+                static_kv: bool = False, attn_mask: Optional[Tensor] = None, before_softmax: bool = False,
+                need_head_weights: bool = False):
+        """fairseq's call. Always fairseq's own attention path (``static_kv``): torch's fused
+        kernel has no place for a bias that depends on the earlier rows' weights."""
+        self._call = (key_padding_mask, incremental_state)
+        try:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   incremental_state=incremental_state, need_weights=need_weights, static_kv=True,
+                                   attn_mask=attn_mask, before_softmax=before_softmax,
+                                   need_head_weights=need_head_weights)
+        finally:
+            self._call = None
+
+    def apply_sparse_mask(self, attn_weights: Tensor, tgt_len: int, src_len: int, bsz: int) -> Tensor:
+        """The logits ``(bsz * heads, T, S)`` minus each head's coverage bias, row by row; in a
+        decoding, the coverage carries over from the earlier steps and is saved for the next."""
+        if self._call is None:  # called from elsewhere: no coverage to apply
+            return attn_weights
+        key_padding_mask, incremental_state = self._call
+        accumulate = torch.promote_types(attn_weights.dtype, torch.float32)
+        logits = attn_weights.view(bsz, self.num_heads, tgt_len, src_len).to(accumulate)
+        if key_padding_mask is not None:  # (bsz, S): padded keys take no attention, so no coverage
+            logits = logits.masked_fill(key_padding_mask.view(bsz, 1, 1, src_len).bool(), float("-inf"))
+        beta = self.beta.to(accumulate).view(1, -1, 1)
+        state = self._coverage_state(incremental_state)
+        coverage = state["coverage"] if state else None
+        rows = []
+        for row in logits.unbind(2):  # (bsz, heads, S) per target position, in order
+            if coverage is not None:
+                row = row - beta * coverage
+            rows.append(row)
+            weights = torch.softmax(row, dim=-1)
+            coverage = weights if coverage is None else coverage + weights
+        if incremental_state is not None:
+            self._set_coverage_state(incremental_state, {"coverage": coverage})
+        return torch.stack(rows, 2).to(attn_weights.dtype).view(bsz * self.num_heads, tgt_len, src_len)
+
+    @property
+    def beta(self) -> Tensor:
+        """Each head's coverage bias per unit of attention already given, ``(heads,)``."""
+        return self.GAIN * self.coverage_weight
+
+    def _coverage_state(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
+        if incremental_state is None:
+            return None
+        return self.get_incremental_state(incremental_state, "coverage")
+
+    def _set_coverage_state(self, incremental_state, state: Dict[str, Optional[Tensor]]) -> None:
+        self.set_incremental_state(incremental_state, "coverage", state)
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """fairseq's (keys and values, once per sentence), and the coverage, one per hypothesis."""
+        super().reorder_incremental_state(incremental_state, new_order)
+        state = self._coverage_state(incremental_state)
+        if state is not None and state.get("coverage") is not None:
+            self._set_coverage_state(incremental_state, {"coverage": state["coverage"].index_select(0, new_order)})
+        return incremental_state

@@ -1,0 +1,106 @@
+"""Cross-attention coverage: against a brute-force loop, fairseq's attention at beta = 0,
+padding, and checkpoints trained without it."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.modules import MultiheadAttention
+
+from helpers import build_translation_model, random_tokens
+from resmlp_mt.modules import CoverageAttention
+from resmlp_mt.usage_errors import CheckpointMismatchError
+
+DIM, HEADS = 8, 2
+SMALL = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1, decoder_layers=2,
+             decoder_attention_heads=2, token_mixing="relative", mixing_window=2)
+
+
+def attention(beta=(0.7, 1.9)) -> CoverageAttention:
+    torch.manual_seed(0)
+    module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM).double().eval()
+    with torch.no_grad():
+        module.coverage_weight.copy_(torch.tensor(beta) / module.GAIN)
+        for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+            proj.bias.normal_()  # fairseq initialises them at 0
+    return module
+
+
+def brute_force(module, query, key, padding):
+    """Each (sentence, head) on its own, target position by target position, as the formula
+    reads: a_t = softmax(q_t . k_j / sqrt(d_h) - beta_h * c_t[j]) over the real keys j,
+    c_{t+1} = c_t + a_t. Returns the output (T, B, C) and the weights (heads, B, T, S)."""
+    T, B, _ = query.shape
+    S = key.size(0)
+    dh = DIM // HEADS
+    q = F.linear(query, module.q_proj.weight, module.q_proj.bias)
+    k = F.linear(key, module.k_proj.weight, module.k_proj.bias)
+    v = F.linear(key, module.v_proj.weight, module.v_proj.bias)
+    context = torch.zeros(T, B, DIM, dtype=query.dtype)
+    weights = torch.zeros(HEADS, B, T, S, dtype=query.dtype)
+    for b in range(B):
+        real = [j for j in range(S) if not padding[b, j]]
+        for h in range(HEADS):
+            cols = slice(h * dh, (h + 1) * dh)
+            covered = {j: 0.0 for j in real}
+            for t in range(T):
+                logits = [float(q[t, b, cols] @ k[j, b, cols]) / math.sqrt(dh)
+                          - float(module.beta[h]) * covered[j] for j in real]
+                top = max(logits)
+                exps = [math.exp(x - top) for x in logits]
+                total = sum(exps)
+                for j, e in zip(real, exps):
+                    weights[h, b, t, j] = e / total
+                    covered[j] += e / total
+                    context[t, b, cols] += e / total * v[j, b, cols]
+    return F.linear(context, module.out_proj.weight, module.out_proj.bias), weights
+
+
+def test_full_pass_equals_the_brute_force_loop_with_padded_keys():
+    module = attention()
+    torch.manual_seed(1)
+    query, key = torch.randn(6, 3, DIM, dtype=torch.double), torch.randn(5, 3, DIM, dtype=torch.double)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[1, 3:] = True  # sentences of 5, 3 and 1 keys
+    padding[2, 1:] = True
+    out, weights = module(query, key, key, key_padding_mask=padding, need_weights=True, need_head_weights=True)
+    with torch.no_grad():
+        expected_out, expected_weights = brute_force(module, query, key, padding)
+    # fairseq's softmax is fp32 whatever the model's dtype: the weights are fp32 numbers
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
+    assert weights[:, 1, :, 3:].abs().max() == 0  # padded keys get nothing
+    # the bias does something here: the same attention without it differs
+    unbiased, _ = attention(beta=(0.0, 0.0))(query, key, key, key_padding_mask=padding)
+    assert (unbiased - out).abs().max() > 1e-2
+
+
+def test_at_zero_coverage_weights_it_is_fairseqs_attention():
+    module = attention(beta=(0.0, 0.0))
+    plain = MultiheadAttention(DIM, HEADS, kdim=DIM, vdim=DIM, encoder_decoder_attention=True).double().eval()
+    state = {k: v for k, v in module.state_dict().items() if k != "coverage_weight"}
+    plain.load_state_dict(state)
+    torch.manual_seed(2)
+    query, key = torch.randn(4, 2, DIM, dtype=torch.double), torch.randn(7, 2, DIM, dtype=torch.double)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[0, 5:] = True
+    ours = module(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    theirs = plain(query, key, key, key_padding_mask=padding, static_kv=True, need_head_weights=True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_checkpoint_without_coverage_starts_with_it_switched_off():
+    torch.manual_seed(3)
+    trained = build_translation_model(**SMALL).eval()
+    with_coverage = build_translation_model(**SMALL, cross_attention_coverage=True).eval()
+    with_coverage.load_state_dict(trained.state_dict())
+    betas = [p for n, p in with_coverage.named_parameters() if n.endswith("coverage_weight")]
+    assert len(betas) == 2 and all(p.abs().max() == 0 for p in betas)
+    src, prev = random_tokens(2, 6, 40), random_tokens(2, 5, 40)
+    lengths = torch.tensor([6, 6])
+    torch.testing.assert_close(with_coverage(src, lengths, prev)[0], trained(src, lengths, prev)[0],
+                               rtol=1e-6, atol=1e-6)
+    # the other way round the checkpoint's coverage would be dropped: an error that names the flag
+    with pytest.raises(CheckpointMismatchError, match="--cross-attention-coverage"):
+        build_translation_model(**SMALL).load_state_dict(with_coverage.state_dict())
