@@ -1,4 +1,5 @@
 """The recipes around the model: the demo's code path, checkpoint averaging, scoring."""
+import importlib.util
 import os
 import random
 import re
@@ -74,20 +75,44 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     params = {r[0]: int(r[-1].replace(",", "")) for r in rows}
     assert params["transformer"] > params["resmlp_relative"]
     # the long-input table: 21 test sentences make 5 inputs of 4, all translated by each model
-    long_rows = re.findall(r"^(resmlp_relative|transformer) +4 +5/5 +([\d.]+) +([\d.]+) +(-?[\d.]+)$", out, re.M)
+    long_rows = re.findall(r"^(resmlp_relative|transformer) +4 +5/5 +([\d.]+) +([\d.]+) +(-?[\d.]+) +([\d.]+)$",
+                           out, re.M)
     assert [r[0] for r in long_rows] == ["resmlp_relative", "transformer"], out
-    for _, parts, whole, drop in long_rows:
+    for _, parts, whole, drop, _ in long_rows:
         assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
     assert (tmp_path / "compare/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # long_compare.sh on those models: 2 updates on joined pairs each; the coverage model starts
+    # from resmlp_relative's checkpoint (none of its own was trained)
+    out = run_example("long_compare.sh", multi30k_like, tmp_path / "compare", THREADS=1, SEEDS="1",
+                      MODELS="resmlp_coverage transformer", LONG_UPDATES=2, LONG_FACTORS="4")
+    assert "the checkpoint has no cross-attention coverage" in (tmp_path / "compare/long-resmlp_coverage-s1/train.log"
+                                                                ).read_text()
+    long_rows = re.findall(r"^(resmlp_coverage-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
+                           out, re.M)
+    assert long_rows == ["resmlp_coverage-s1", "transformer-s1"], out
 
-def test_long_inputs_join_consecutive_lines():
-    import importlib.util
 
+def long_inputs_script():
+    """examples/translation/long_inputs.py as a module."""
     spec = importlib.util.spec_from_file_location("long_inputs",
                                                   os.path.join(REPO, "examples/translation/long_inputs.py"))
-    long_inputs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_inputs)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_long_inputs_average_seeds_by_name():
+    long_inputs = long_inputs_script()
+    rows = [["a-s1", 2, "5/5", 30.0, 20.0, 10.0, 1.0], ["a-s2", 2, "5/5", 32.0, 28.0, 4.0, 0.9],
+            ["b-s1", 2, "5/5", 25.0, 24.0, 1.0, 1.1], ["a-s1", 4, "2/2", 31.0, 11.0, 20.0, 0.5]]
+    assert long_inputs.seed_means(rows) == [["a", 2, 2, 31.0, 24.0, 7.0, pytest.approx(0.95)],
+                                            ["b", 2, 1, 25.0, 24.0, 1.0, 1.1], ["a", 4, 1, 31.0, 11.0, 20.0, 0.5]]
+    assert long_inputs.seed_means([["a", 2, "5/5", 30.0, 20.0, 10.0, 1.0]]) == []
+
+
+def test_long_inputs_join_consecutive_lines():
+    long_inputs = long_inputs_script()
     assert long_inputs.joined(["a", "b", "c", "d", "e"], 2) == ["a b", "c d"]
     assert long_inputs.joined(["a", "b", "c"], 1) == ["a", "b", "c"]
 

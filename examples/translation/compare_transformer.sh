@@ -6,7 +6,8 @@
 # dropout, label smoothing, checkpoint averaging, beam and scoring (train_eval.sh). The
 # Transformer runs as fairseq builds it (post-norm) at lr 1e-3 (TRANSFORMER_LR), because the
 # demo's 3e-3 is too high for post-norm; `transformer_prenorm` (pre-norm, as ResMLP's blocks
-# are, at the demo's lr) can be added to MODELS.
+# are, at the demo's lr) and `resmlp_coverage` (relative, with cross-attention coverage) can be
+# added to MODELS (demo_config.sh, model_args).
 # Prints one table: test2016 sacreBLEU (mean over seeds and each seed's), training tokens/s,
 # updates, beam-4 sentences/s and parameters; then the long-input table (long_inputs.py) for
 # the first seed's models.
@@ -29,24 +30,14 @@ prep_args=(--pair "$PAIR" --out "$WORK/data")
 [ -n "${MULTI30K_DIR:-}" ] && prep_args+=(--raw-dir "$MULTI30K_DIR")
 OMP_NUM_THREADS=$THREADS resmlp-prep-multi30k "${prep_args[@]}"
 
-transformer=(--arch transformer --share-all-embeddings --encoder-layers 3 --decoder-layers 3 --dropout 0.1
-    --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
-    --encoder-attention-heads 4 --decoder-attention-heads 4)
 threads=$THREADS
 [ "${PARALLEL:-0}" = 1 ] && threads=$(( THREADS / 2 > 0 ? THREADS / 2 : 1 ))
 
 run() {  # MODEL SEED: train, translate and score one model with one seed
-    local model=$1 seed=$2 lr=$LR args
-    case $model in
-        resmlp_relative) args=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW") ;;
-        resmlp_absolute) args=("${RESMLP_ARGS[@]}" --token-mixing absolute) ;;
-        transformer) args=("${transformer[@]}") lr=${TRANSFORMER_LR:-1e-3} ;;
-        transformer_prenorm) args=("${transformer[@]}" --encoder-normalize-before --decoder-normalize-before) ;;
-        *) echo "error: unknown model $model in MODELS (resmlp_relative, resmlp_absolute, transformer, transformer_prenorm)" >&2
-           return 2 ;;
-    esac
-    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads LR=$lr SEED=$seed \
-        "$here/train_eval.sh" "$WORK/data" "$WORK/$model-s$seed" "${args[@]}" > "$WORK/$model-s$seed.out" 2>&1
+    local model=$1 seed=$2
+    model_args "$model" || return 2
+    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads LR=$MODEL_LR SEED=$seed \
+        "$here/train_eval.sh" "$WORK/data" "$WORK/$model-s$seed" "${MODEL_ARGS[@]}" > "$WORK/$model-s$seed.out" 2>&1
     echo "== $model, seed $seed: $(grep -h '^BLEU' "$WORK/$model-s$seed.out")"
 }
 

@@ -4,7 +4,9 @@ For each factor k (default 2, 4, 8), the test set's sentences i*k .. i*k+k-1 are
 with a space, sources and references alike. Each model translates every joined source
 as one input ("whole") and, separately, the original sentences one at a time, whose
 translations are joined the same way ("parts"). Both are scored with sacreBLEU against
-the joined references; the drop (parts - whole) is what the length alone costs.
+the joined references; the drop (parts - whole) is what the length alone costs. The words
+of the whole translations over the references' tell why: below 1 the model stopped early,
+above 1 it repeated itself.
 
 A model whose limits do not fit an input (the absolute mixing matrix of ResMLP) cannot
 translate it: fairseq-generate skips it (--skip-invalid-size-inputs-valid-test), and
@@ -15,6 +17,7 @@ both columns of that row are scored on the groups it did translate, with the cou
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, List, Sequence
@@ -82,7 +85,11 @@ def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int
             bleu_whole = (sacrebleu.corpus_bleu([whole[g] for g in groups], [joined_refs]).score
                           if groups else float("nan"))
             bleu_parts = sacrebleu.corpus_bleu(by_parts, [joined_refs]).score if groups else float("nan")
-            rows.append([name, k, f"{len(groups)}/{len(refs) // k}", bleu_parts, bleu_whole, bleu_parts - bleu_whole])
+            # below 1: the model stopped early; above: it repeated itself
+            length = (sum(len(whole[g].split()) for g in groups) / max(sum(len(r.split()) for r in joined_refs), 1)
+                      if groups else float("nan"))
+            rows.append([name, k, f"{len(groups)}/{len(refs) // k}", bleu_parts, bleu_whole, bleu_parts - bleu_whole,
+                         length])
     return rows
 
 
@@ -98,10 +105,31 @@ def main(argv=None) -> int:
     work = args.work or os.path.join(args.data, "long-inputs")
     os.makedirs(work, exist_ok=True)
     rows = evaluate(args.data, args.pair, models, [int(k) for k in args.factors.split(",")], work)
-    print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6}")
-    for name, k, groups, parts, whole, drop in rows:
-        print(f"{name:<20} {k:>2} {groups:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f}")
+    print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6} "
+          f"{'words out / ref':>15}")
+    for name, k, groups, parts, whole, drop, length in rows:
+        print(f"{name:<20} {k:>2} {groups:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f}")
+    means = seed_means(rows)
+    if means:
+        print(f"\nmean over seeds (models named NAME-sSEED)\n{'model':<20} {'k':>2} {'seeds':>9} {'BLEU parts':>10} "
+              f"{'BLEU whole':>10} {'drop':>6} {'words out / ref':>15}")
+        for name, k, seeds, parts, whole, drop, length in means:
+            print(f"{name:<20} {k:>2} {seeds:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f}")
     return 0
+
+
+def seed_means(rows: List[list]) -> List[list]:
+    """Rows of models named NAME-sSEED averaged over their seeds, per NAME and factor (only
+    where some NAME has two seeds or more)."""
+    groups: Dict[tuple, List[list]] = {}
+    for row in rows:
+        match = re.fullmatch(r"(.+)-s\d+", row[0])
+        if match:
+            groups.setdefault((match.group(1), row[1]), []).append(row)
+    if not any(len(members) > 1 for members in groups.values()):
+        return []
+    return [[name, k, len(members), *(sum(m[i] for m in members) / len(members) for i in (3, 4, 5, 6))]
+            for (name, k), members in groups.items()]
 
 
 if __name__ == "__main__":
