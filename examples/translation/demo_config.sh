@@ -22,18 +22,6 @@
 RESMLP_ARGS=(--arch resmlp_small --share-all-embeddings --encoder-layers 3 --decoder-layers 3
              --dropout 0.1 --token-mixing-init mean --layerscale-init 1.0)
 TOKEN_MIXING=${TOKEN_MIXING:-relative} MIXING_WINDOW=${MIXING_WINDOW:-16}
-DEMO_MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing "$TOKEN_MIXING")
-[ "$TOKEN_MIXING" = relative ] && DEMO_MODEL_ARGS+=(--mixing-window "$MIXING_WINDOW")
-[ "$TOKEN_MIXING" = relative ] && [ "${COVERAGE:-1}" = 1 ] && DEMO_MODEL_ARGS+=(--cross-attention-coverage)
-export LR=${LR:-3e-3} WARMUP=${WARMUP:-200} MAX_TOKENS=${MAX_TOKENS:-1024}
-export AVERAGE=${AVERAGE:-5} SAVE_EVERY=${SAVE_EVERY:-200} JOINED_PAIRS=${JOINED_PAIRS:-0.1}
-if [ -z "${PRECISION:-}" ]; then
-    PRECISION=$(python -c "from resmlp_mt import cpu_bf16; print('bf16' if cpu_bf16.native() else 'fp32')" 2>/dev/null \
-                || echo fp32)
-    echo "== precision: $PRECISION (this CPU $([ "$PRECISION" = bf16 ] && echo has || echo has no) native bf16; PRECISION=fp32|bf16 to choose)"
-fi
-export PRECISION
-
 # The models of the comparisons (compare_transformer.sh, long_compare.sh), by name: model_args NAME
 # sets MODEL_ARGS (the fairseq-train arguments) and MODEL_LR. fairseq's `transformer` has the
 # demo's size (3+3 layers, d 256, FFN 1024, 4 heads, shared embeddings) and runs post-norm at
@@ -55,3 +43,18 @@ model_args() {
            return 2 ;;
     esac
 }
+export LR=${LR:-3e-3} WARMUP=${WARMUP:-200} MAX_TOKENS=${MAX_TOKENS:-1024}
+export AVERAGE=${AVERAGE:-5} SAVE_EVERY=${SAVE_EVERY:-200} JOINED_PAIRS=${JOINED_PAIRS:-0.1}
+# The demo's model is one of them (resmlp_coverage by default), so that compare_transformer.sh
+# trains exactly what make demo does.
+DEMO_MODEL=resmlp_$TOKEN_MIXING
+[ "$TOKEN_MIXING" = relative ] && [ "${COVERAGE:-1}" = 1 ] && DEMO_MODEL=resmlp_coverage
+model_args "$DEMO_MODEL"
+DEMO_MODEL_ARGS=("${MODEL_ARGS[@]}")
+if [ -z "${PRECISION:-}" ]; then
+    PRECISION=$(python -c "from resmlp_mt import cpu_bf16; print('bf16' if cpu_bf16.native() else 'fp32')" 2>/dev/null \
+                || echo fp32)
+    echo "== precision: $PRECISION (this CPU $([ "$PRECISION" = bf16 ] && echo has || echo has no) native bf16; PRECISION=fp32|bf16 to choose)"
+fi
+export PRECISION
+
