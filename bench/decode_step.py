@@ -12,7 +12,8 @@ large step fall on every contender alike. Relative mixing keeps the last K input
 running sum, so its step should cost the same at every t (a little less before the window
 fills, t < K); absolute mixing reads the whole cached prefix (a + b*t), and so does the
 Transformer's self-attention. Cross-attention coverage adds a running sum per hypothesis,
-head and source position: a cost that grows with the source, not with t.
+head and source position, and locality a distance to each source position: costs that grow
+with the source, not with t.
 
     python bench/decode_step.py                       # demo size, t = 10, 100, 500
 """
@@ -28,6 +29,8 @@ TARGET = 0.10  # relative: the step at the largest t within 10% of the step at t
 DECODERS = {  # name: (mtlib model, extra flags)
     "resmlp relative": ("resmlp", ["--token-mixing", "relative"]),
     "resmlp relative+coverage": ("resmlp", ["--token-mixing", "relative", "--cross-attention-coverage"]),
+    "resmlp relative+coverage+locality": ("resmlp", ["--token-mixing", "relative", "--cross-attention-coverage",
+                                                     "--cross-attention-locality"]),
     "resmlp absolute": ("resmlp", []),
     "transformer": ("transformer", []),
 }
@@ -97,11 +100,11 @@ def main() -> None:
     rows = [[name, *(steps[name][t] * 1e3 for t in prefixes), steps[name][prefixes[-1]] / steps[name][prefixes[0]]]
             for name in DECODERS]
     ratios = []
-    for name in ("resmlp relative", "resmlp relative+coverage"):
+    for name in ("resmlp relative", "resmlp relative+coverage", "resmlp relative+coverage+locality"):
         growth = steps[name][prefixes[-1]] / steps[name][prefixes[0]] - 1
         ratios.append(f"{name.split(' ', 1)[1]} step at t={prefixes[-1]} vs t={prefixes[0]}: {growth:+.1%} "
                       f"(target within +-{TARGET:.0%}: {'met' if abs(growth) <= TARGET else 'NOT met'})")
-    for name in ("resmlp relative+coverage", "resmlp absolute", "transformer"):
+    for name in ("resmlp relative+coverage", "resmlp relative+coverage+locality", "resmlp absolute", "transformer"):
         ratios.append(f"ratio {name}/relative step at t={prefixes[-1]}: "
                       f"{steps[name][prefixes[-1]] / steps['resmlp relative'][prefixes[-1]]:.2f}x")
     rounds = len(seconds[next(iter(seconds))])

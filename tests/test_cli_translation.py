@@ -31,8 +31,9 @@ RELATIVE = ["--token-mixing", "relative", "--mixing-window", "2",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [[], RELATIVE, [*RELATIVE, "--cross-attention-coverage"]],
-                         ids=["absolute", "relative", "relative+coverage"])
+@pytest.mark.parametrize("mode", [[], RELATIVE, [*RELATIVE, "--cross-attention-coverage",
+                                                 "--cross-attention-locality"]],
+                         ids=["absolute", "relative", "relative+coverage+locality"])
 def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     save = str(tmp_path / "ckpt")
     args = train_args(tiny_data_bin, save, 200, "--save-interval-updates", "4", "--no-epoch-checkpoints", *mode)

@@ -1,5 +1,5 @@
-"""Cross-attention coverage: against a brute-force loop, fairseq's attention at beta = 0,
-padding, and checkpoints trained without it."""
+"""Cross-attention coverage and locality: against a brute-force loop, fairseq's attention at
+beta = 0, coverage alone at gamma = 0, padding, and checkpoints trained without them."""
 import math
 
 import pytest
@@ -9,18 +9,21 @@ from fairseq.modules import MultiheadAttention
 
 from helpers import build_translation_model, random_tokens
 from resmlp_mt.modules import CoverageAttention
-from resmlp_mt.usage_errors import CheckpointMismatchError
+from resmlp_mt.usage_errors import CheckpointMismatchError, UsageError
 
 DIM, HEADS = 8, 2
 SMALL = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1, decoder_layers=2,
              decoder_attention_heads=2, token_mixing="relative", mixing_window=2)
 
 
-def attention(beta=(0.7, 1.9)) -> CoverageAttention:
+def attention(beta=(0.7, 1.9), gamma=None) -> CoverageAttention:
+    """``gamma``: ((forwards per head), (backwards per head)), or None for no locality."""
     torch.manual_seed(0)
-    module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM).double().eval()
+    module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM, locality=gamma is not None).double().eval()
     with torch.no_grad():
         module.coverage_weight.copy_(torch.tensor(beta) / module.GAIN)
+        if gamma is not None:
+            module.locality_weight.copy_(torch.tensor(gamma) / module.GAIN)
         for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
             proj.bias.normal_()  # fairseq initialises them at 0
     return module
@@ -28,8 +31,10 @@ def attention(beta=(0.7, 1.9)) -> CoverageAttention:
 
 def brute_force(module, query, key, padding):
     """Each (sentence, head) on its own, target position by target position, as the formula
-    reads: a_t = softmax(q_t . k_j / sqrt(d_h) - beta_h * c_t[j]) over the real keys j,
-    c_{t+1} = c_t + a_t. Returns the output (T, B, C) and the weights (heads, B, T, S)."""
+    reads: a_t = softmax(q_t . k_j / sqrt(d_h) - beta_h * c_t[j] - locality) over the real keys
+    j, c_{t+1} = c_t + a_t, where locality is gf_h * (j - p) for j after p and gb_h * (p - j)
+    before it, p the key of a_{t-1}'s largest weight (none at t = 0). Returns the output
+    (T, B, C) and the weights (heads, B, T, S)."""
     T, B, _ = query.shape
     S = key.size(0)
     dh = DIM // HEADS
@@ -43,9 +48,14 @@ def brute_force(module, query, key, padding):
         for h in range(HEADS):
             cols = slice(h * dh, (h + 1) * dh)
             covered = {j: 0.0 for j in real}
+            focus = None
             for t in range(T):
                 logits = [float(q[t, b, cols] @ k[j, b, cols]) / math.sqrt(dh)
                           - float(module.beta[h]) * covered[j] for j in real]
+                if module.locality_weight is not None and focus is not None:
+                    forwards, backwards = (float(g) for g in module.gamma[:, h])
+                    logits = [x - (forwards * (j - focus) if j > focus else backwards * (focus - j))
+                              for x, j in zip(logits, real)]
                 top = max(logits)
                 exps = [math.exp(x - top) for x in logits]
                 total = sum(exps)
@@ -53,15 +63,20 @@ def brute_force(module, query, key, padding):
                     weights[h, b, t, j] = e / total
                     covered[j] += e / total
                     context[t, b, cols] += e / total * v[j, b, cols]
+                focus = max(real, key=lambda j: weights[h, b, t, j])
     return F.linear(context, module.out_proj.weight, module.out_proj.bias), weights
 
 
-def test_full_pass_equals_the_brute_force_loop_with_padded_keys():
-    module = attention()
+LOCALITY = ((0.4, 1.3), (2.2, 0.6))  # forwards, backwards; per head
+
+
+@pytest.mark.parametrize("gamma", [None, LOCALITY], ids=["coverage", "coverage+locality"])
+def test_full_pass_equals_the_brute_force_loop_with_padded_keys(gamma):
+    module = attention(gamma=gamma)
     torch.manual_seed(1)
-    query, key = torch.randn(6, 3, DIM, dtype=torch.double), torch.randn(5, 3, DIM, dtype=torch.double)
-    padding = torch.zeros(3, 5, dtype=torch.bool)
-    padding[1, 3:] = True  # sentences of 5, 3 and 1 keys
+    query, key = torch.randn(6, 3, DIM, dtype=torch.double), torch.randn(9, 3, DIM, dtype=torch.double)
+    padding = torch.zeros(3, 9, dtype=torch.bool)
+    padding[1, :4] = True  # sentences of 9, 5 (left-padded) and 1 keys
     padding[2, 1:] = True
     out, weights = module(query, key, key, key_padding_mask=padding, need_weights=True, need_head_weights=True)
     with torch.no_grad():
@@ -69,10 +84,22 @@ def test_full_pass_equals_the_brute_force_loop_with_padded_keys():
     # fairseq's softmax is fp32 whatever the model's dtype: the weights are fp32 numbers
     torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
-    assert weights[:, 1, :, 3:].abs().max() == 0  # padded keys get nothing
-    # the bias does something here: the same attention without it differs
+    assert weights[:, 1, :, :4].abs().max() == 0  # padded keys get nothing
+    # the bias does something here: the same attention without it (or without locality) differs
     unbiased, _ = attention(beta=(0.0, 0.0))(query, key, key, key_padding_mask=padding)
     assert (unbiased - out).abs().max() > 1e-2
+    if gamma is not None:
+        coverage_alone, _ = attention()(query, key, key, key_padding_mask=padding)
+        assert (coverage_alone - out).abs().max() > 1e-2
+
+
+def test_at_zero_locality_weights_it_is_coverage_alone():
+    torch.manual_seed(2)
+    query, key = torch.randn(5, 2, DIM, dtype=torch.double), torch.randn(7, 2, DIM, dtype=torch.double)
+    ours = attention(gamma=((0.0, 0.0), (0.0, 0.0)))(query, key, key, need_head_weights=True)
+    theirs = attention()(query, key, key, need_head_weights=True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_at_zero_coverage_weights_it_is_fairseqs_attention():
@@ -104,3 +131,28 @@ def test_a_checkpoint_without_coverage_starts_with_it_switched_off():
     # the other way round the checkpoint's coverage would be dropped: an error that names the flag
     with pytest.raises(CheckpointMismatchError, match="--cross-attention-coverage"):
         build_translation_model(**SMALL).load_state_dict(with_coverage.state_dict())
+
+
+def test_a_checkpoint_with_coverage_alone_starts_with_locality_switched_off():
+    torch.manual_seed(4)
+    coverage = dict(SMALL, cross_attention_coverage=True)
+    trained = build_translation_model(**coverage).eval()
+    for name, weight in trained.named_parameters():
+        if name.endswith("coverage_weight"):
+            with torch.no_grad():
+                weight.fill_(0.1)
+    with_locality = build_translation_model(**coverage, cross_attention_locality=True).eval()
+    with_locality.load_state_dict(trained.state_dict())
+    gammas = [p for n, p in with_locality.named_parameters() if n.endswith("locality_weight")]
+    assert len(gammas) == 2 and all(p.shape == (2, 2) and p.abs().max() == 0 for p in gammas)
+    src, prev = random_tokens(2, 6, 40), random_tokens(2, 5, 40)
+    lengths = torch.tensor([6, 6])
+    torch.testing.assert_close(with_locality(src, lengths, prev)[0], trained(src, lengths, prev)[0],
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match="--cross-attention-locality"):
+        build_translation_model(**coverage).load_state_dict(with_locality.state_dict())
+
+
+def test_locality_without_coverage_is_an_error_that_says_so():
+    with pytest.raises(UsageError, match="--cross-attention-locality extends --cross-attention-coverage"):
+        build_translation_model(**SMALL, cross_attention_locality=True)

@@ -11,21 +11,26 @@ torch.manual_seed(0)
 SMALL = dict(encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_layers=2, decoder_layers=2,
              decoder_attention_heads=2, max_source_positions=20, max_target_positions=20)
 # The paper's absolute matrices, relative mixing with a window shorter than the sentences, and
-# that with cross-attention coverage (its weights made non-zero below: they start at 0).
+# that with cross-attention coverage, and with locality too (their weights made non-zero below:
+# they start at 0).
 MODES = pytest.mark.parametrize("mode", [{}, {"token_mixing": "relative", "mixing_window": 3},
                                          {"token_mixing": "relative", "mixing_window": 3,
-                                          "cross_attention_coverage": True}],
-                                ids=["absolute", "relative", "relative+coverage"])
+                                          "cross_attention_coverage": True},
+                                         {"token_mixing": "relative", "mixing_window": 3,
+                                          "cross_attention_coverage": True, "cross_attention_locality": True}],
+                                ids=["absolute", "relative", "relative+coverage", "relative+coverage+locality"])
 
 
 def build(mode):
-    """The SMALL model in ``mode``; coverage biases (beta) drawn in [0.5, 2.5] per head, so that
-    the coverage changes the attention these tests follow."""
+    """The SMALL model in ``mode``; coverage biases (beta) drawn in [0.5, 2.5] per head and
+    locality biases (gamma) in [0.2, 1.0], so that they change the attention these tests follow."""
     model = build_translation_model(**SMALL, **mode)
     for name, weight in model.named_parameters():
-        if name.endswith("coverage_weight"):
-            with torch.no_grad():
-                weight.uniform_(0.05, 0.25)  # x CoverageAttention.GAIN
+        with torch.no_grad():  # x CoverageAttention.GAIN
+            if name.endswith("coverage_weight"):
+                weight.uniform_(0.05, 0.25)
+            elif name.endswith("locality_weight"):
+                weight.uniform_(0.02, 0.1)
     return model
 
 

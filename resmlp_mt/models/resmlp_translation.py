@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from .. import fairseq_compat, replace_unk
 from ..modules import CoverageAttention, Dropout, ResMLPBlock, SequenceTooLongError, make_norm
 from ..modules.token_mixing import IncrementalState
-from ..usage_errors import CheckpointMismatchError
+from ..usage_errors import CheckpointMismatchError, UsageError
 from .target_padding import moved_to_the_left
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,12 @@ class ResMLPTranslationConfig(FairseqDataclass):
                           "of the attention it has already given that position (coverage: what was translated "
                           "is not translated again, on inputs of any length)"},
     )
+    cross_attention_locality: bool = field(
+        default=False,
+        metadata={"help": "with --cross-attention-coverage: also lower the logit by a learned multiple of the "
+                          "distance from where the head looked most at the previous target position (no jumps "
+                          "to another sentence of a long input)"},
+    )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
@@ -164,6 +170,17 @@ def _blocks(cfg, dim: int, positions: int, mixing: str, hidden_dim: int, depth: 
         )
         for rate in _drop_path_rates(cfg.drop_path, depth)
     )
+
+
+def _cross_attention(cfg, dim: int) -> MultiheadAttention:
+    """A decoder block's encoder-decoder attention: fairseq's, or with coverage (and locality)."""
+    if cfg.cross_attention_locality and not cfg.cross_attention_coverage:
+        raise UsageError("--cross-attention-locality extends --cross-attention-coverage: pass both")
+    kwargs = dict(kdim=cfg.encoder_embed_dim, vdim=cfg.encoder_embed_dim, dropout=cfg.attention_dropout,
+                  encoder_decoder_attention=True)
+    if cfg.cross_attention_coverage:
+        return CoverageAttention(dim, cfg.decoder_attention_heads, locality=cfg.cross_attention_locality, **kwargs)
+    return MultiheadAttention(dim, cfg.decoder_attention_heads, **kwargs)
 
 
 def check_length(length: int, limit: int, side: str, relative: bool) -> None:
@@ -298,14 +315,7 @@ class ResMLPDecoder(FairseqIncrementalDecoder):
         self.dropout_module = Dropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = _blocks(
             cfg, dim, cfg.max_target_positions, "causal", cfg.decoder_ffn_embed_dim, cfg.decoder_layers,
-            cross_attention=lambda: (CoverageAttention if cfg.cross_attention_coverage else MultiheadAttention)(
-                dim,
-                cfg.decoder_attention_heads,
-                kdim=cfg.encoder_embed_dim,
-                vdim=cfg.encoder_embed_dim,
-                dropout=cfg.attention_dropout,
-                encoder_decoder_attention=True,
-            ),
+            cross_attention=lambda: _cross_attention(cfg, dim),
         )
         self.final_norm = make_norm(cfg.norm, dim)
         # Return cross-attention weights for alignments? fairseq-generate, -interactive and the
@@ -455,25 +465,30 @@ class ResMLPModel(FairseqEncoderDecoderModel):
         state_dict = self._with_coverage_weights(state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
+    # cross-attention biases a model can gain after training, and the flag that builds each
+    BIAS_WEIGHTS = {"coverage": "--cross-attention-coverage", "locality": "--cross-attention-locality"}
+
     def _with_coverage_weights(self, state_dict):
-        """A checkpoint trained without cross-attention coverage, loaded to go on training with
-        ``--cross-attention-coverage``: its coverage weights start at zero, where a new model's
-        do, so the model computes what the checkpoint did until training moves them."""
-        ours = [key for key, _ in self.named_parameters() if key.endswith(".coverage_weight")]
-        theirs = [key for key in state_dict if key.endswith(".coverage_weight")]
-        if theirs and not ours:
-            raise CheckpointMismatchError(
-                "the checkpoint's decoder has cross-attention coverage but the model being built has none: "
-                "build it with --cross-attention-coverage (the checkpoint's own setting)"
-            )
-        missing = [key for key in ours if key not in state_dict]
-        if not missing:
-            return state_dict
-        logger.info("the checkpoint has no cross-attention coverage: the coverage weights of its %d decoder layers "
-                    "start at 0", len(missing))
-        state_dict = dict(state_dict)
-        for key in missing:
-            state_dict[key] = torch.zeros_like(self.get_parameter(key))
+        """A checkpoint trained without cross-attention coverage (or locality), loaded to go on
+        training with it: the new weights start at zero, where a new model's do, so the model
+        computes what the checkpoint did until training moves them."""
+        for bias, flag in self.BIAS_WEIGHTS.items():
+            suffix = f".{bias}_weight"
+            ours = [key for key, _ in self.named_parameters() if key.endswith(suffix)]
+            theirs = [key for key in state_dict if key.endswith(suffix)]
+            if theirs and not ours:
+                raise CheckpointMismatchError(
+                    f"the checkpoint's decoder has cross-attention {bias} but the model being built has "
+                    f"none: build it with {flag} (the checkpoint's own setting)"
+                )
+            missing = [key for key in ours if key not in state_dict]
+            if not missing:
+                continue
+            logger.info("the checkpoint has no cross-attention %s: the %s weights of its %d decoder layers "
+                        "start at 0", bias, bias, len(missing))
+            state_dict = dict(state_dict)
+            for key in missing:
+                state_dict[key] = torch.zeros_like(self.get_parameter(key))
         return state_dict
 
     def _check_checkpoint_shapes(self, state_dict) -> None:
@@ -557,6 +572,7 @@ def resmlp_wmt_en_de(args):
         token_mixing="absolute",
         mixing_window=16,
         cross_attention_coverage=False,
+        cross_attention_locality=False,
     )
 
 

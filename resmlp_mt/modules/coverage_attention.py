@@ -1,4 +1,4 @@
-"""Encoder-decoder attention that remembers what it has already read (a coverage bias).
+"""Encoder-decoder attention that remembers what it has read (coverage) and where (locality).
 
 Relative token mixing tells the decoder what it wrote in the last K positions, not where it
 is in a long source: translating several sentences, it finds two "A man ..." that look the
@@ -14,6 +14,18 @@ It depends on no length (one learned number per head, initialised at 0: the atte
 as fairseq's own), and a decoding step keeps one running sum per hypothesis, head and source
 position, the size of the attention weights it already computes.
 
+Locality (``locality=True``) adds where the head is reading. Coverage stops a second
+reading of the first "A man ...", but not a jump ahead to the fourth sentence's: a long input
+holds many places that match the next word. Each head also lowers its logit by the distance
+from where it looked most at the previous target position, forwards and backwards at their
+own rates (Luong et al. 2015's local attention, as a soft learned bias):
+
+    a_t = softmax(... - gf_h * max(0, j - p_{t-1}) - gb_h * max(0, p_{t-1} - j)),  p_t = argmax_j a_t[j]
+
+A jump of a few positions, inside a sentence, costs little; one to another sentence, tens of
+positions away, costs tens of times as much. Distances in positions depend on no length, and a
+step keeps one position per hypothesis and head.
+
 It is fairseq's ``MultiheadAttention`` (keys and values cached once per sentence in beam
 search, alignments, int8 projections), with the bias added where fairseq lets a subclass
 change the logits (``apply_sparse_mask``). ``c_t`` depends on the earlier rows' softmax, so a
@@ -28,17 +40,20 @@ from torch import Tensor, nn
 
 class CoverageAttention(MultiheadAttention):
     """``MultiheadAttention(dim, heads, kdim=, vdim=, dropout=)`` over the encoder output, with
-    a coverage bias per head (``beta``, above)."""
+    a coverage bias per head (``beta``, above), and with ``locality=True`` a distance bias
+    (``gamma``)."""
 
     # beta = GAIN * coverage_weight. Adam moves a parameter by about the learning rate per
     # step whatever its gradient, and a useful beta is of the order of the logits (a few
     # units): without a gain, the 600 updates of a fine-tuning could move it by 0.3 at most.
     GAIN = 10.0
 
-    def __init__(self, embed_dim: int, num_heads: int, **kwargs):
+    def __init__(self, embed_dim: int, num_heads: int, locality: bool = False, **kwargs):
         kwargs["encoder_decoder_attention"] = True
         super().__init__(embed_dim, num_heads, **kwargs)
         self.coverage_weight = nn.Parameter(torch.zeros(num_heads))
+        # (forwards, backwards) per head, at 0: the attention starts as coverage alone
+        self.locality_weight = nn.Parameter(torch.zeros(2, num_heads)) if locality else None
         self._call: Optional[tuple] = None  # (key_padding_mask, incremental_state) of the current call
 
     def forward(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor],
@@ -67,17 +82,23 @@ class CoverageAttention(MultiheadAttention):
         if key_padding_mask is not None:  # (bsz, S): padded keys take no attention, so no coverage
             logits = logits.masked_fill(key_padding_mask.view(bsz, 1, 1, src_len).bool(), float("-inf"))
         beta = self.beta.to(accumulate).view(1, -1, 1)
-        state = self._coverage_state(incremental_state)
-        coverage = state["coverage"] if state else None
+        gamma = self.gamma.to(accumulate).view(2, 1, -1, 1) if self.locality_weight is not None else None
+        positions = torch.arange(src_len, device=logits.device).to(accumulate)
+        state = self._coverage_state(incremental_state) or {}
+        coverage, focus = state.get("coverage"), state.get("focus")
         rows = []
         for row in logits.unbind(2):  # (bsz, heads, S) per target position, in order
             if coverage is not None:
                 row = row - beta * coverage
+            if gamma is not None and focus is not None:
+                ahead = positions - focus.unsqueeze(-1).to(accumulate)  # (bsz, heads, S)
+                row = row - gamma[0] * ahead.clamp(min=0) - gamma[1] * (-ahead).clamp(min=0)
             rows.append(row)
             weights = torch.softmax(row, dim=-1)
             coverage = weights if coverage is None else coverage + weights
+            focus = weights.argmax(-1) if gamma is not None else None
         if incremental_state is not None:
-            self._set_coverage_state(incremental_state, {"coverage": coverage})
+            self._set_coverage_state(incremental_state, {"coverage": coverage, "focus": focus})
         return torch.stack(rows, 2).to(attn_weights.dtype).view(bsz * self.num_heads, tgt_len, src_len)
 
     @property
@@ -85,7 +106,13 @@ class CoverageAttention(MultiheadAttention):
         """Each head's coverage bias per unit of attention already given, ``(heads,)``."""
         return self.GAIN * self.coverage_weight
 
+    @property
+    def gamma(self) -> Tensor:
+        """Each head's distance bias per position, ``(2, heads)``: forwards, backwards."""
+        return self.GAIN * self.locality_weight
+
     def _coverage_state(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
+        """``coverage`` (bsz, heads, S) and, with locality, ``focus`` (bsz, heads)."""
         if incremental_state is None:
             return None
         return self.get_incremental_state(incremental_state, "coverage")
@@ -97,6 +124,7 @@ class CoverageAttention(MultiheadAttention):
         """fairseq's (keys and values, once per sentence), and the coverage, one per hypothesis."""
         super().reorder_incremental_state(incremental_state, new_order)
         state = self._coverage_state(incremental_state)
-        if state is not None and state.get("coverage") is not None:
-            self._set_coverage_state(incremental_state, {"coverage": state["coverage"].index_select(0, new_order)})
+        if state:
+            self._set_coverage_state(incremental_state, {
+                name: None if value is None else value.index_select(0, new_order) for name, value in state.items()})
         return incremental_state
