@@ -26,7 +26,7 @@ TOKEN_MIXING=${TOKEN_MIXING:-relative} MIXING_WINDOW=${MIXING_WINDOW:-16}
 # sets MODEL_ARGS (the fairseq-train arguments) and MODEL_LR. fairseq's `transformer` has the
 # demo's size (3+3 layers, d 256, FFN 1024, 4 heads, shared embeddings) and runs post-norm at
 # lr 1e-3 (TRANSFORMER_LR): the demo's 3e-3 is too high for post-norm.
-COMPARISON_MODELS="resmlp_relative resmlp_coverage resmlp_absolute transformer transformer_prenorm"
+COMPARISON_MODELS="resmlp_relative resmlp_coverage resmlp_locality resmlp_absolute transformer transformer_prenorm"
 TRANSFORMER_ARGS=(--arch transformer --share-all-embeddings --encoder-layers 3 --decoder-layers 3 --dropout 0.1
     --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
     --encoder-attention-heads 4 --decoder-attention-heads 4)
@@ -36,6 +36,8 @@ model_args() {
         resmlp_relative) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW") ;;
         resmlp_coverage) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW"
                                      --cross-attention-coverage) ;;
+        resmlp_locality) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW"
+                                     --cross-attention-coverage --cross-attention-locality) ;;
         resmlp_absolute) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing absolute) ;;
         transformer) MODEL_ARGS=("${TRANSFORMER_ARGS[@]}") MODEL_LR=${TRANSFORMER_LR:-1e-3} ;;
         transformer_prenorm) MODEL_ARGS=("${TRANSFORMER_ARGS[@]}" --encoder-normalize-before --decoder-normalize-before) ;;

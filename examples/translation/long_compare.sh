@@ -5,12 +5,12 @@
 # test2016 joined by 2, 4 and 8 sentences, whole and sentence by sentence (long_inputs.py).
 # Prints one row per model, seed and factor, then the mean over the seeds.
 #
-# `resmlp_coverage` starts from the `resmlp_relative` checkpoint of its seed unless it was
-# trained itself (compare_transformer.sh MODELS=resmlp_coverage): coverage is added with its
-# weights at zero, so both ResMLP rows start from the same model.
+# `resmlp_coverage` and `resmlp_locality` start from the `resmlp_relative` checkpoint of their
+# seed unless they were trained themselves (compare_transformer.sh MODELS=...): coverage and
+# locality are added with their weights at zero, so the ResMLP rows start from the same model.
 #
 # Settings: as compare_transformer.sh (PAIR, WORK=runs/compare-PAIR, THREADS, PRECISION),
-# MODELS (default "resmlp_relative resmlp_coverage transformer"), SEEDS (default "1 2"),
+# MODELS (default "resmlp_relative resmlp_coverage resmlp_locality transformer"), SEEDS (default "1 2"),
 # LONG_FACTORS (default 2,4,8), and long_finetune.sh's LONG_UPDATES, LONG_JOINED_PAIRS,
 # LONG_JOINED_MAX, LONG_LR. A fine-tuning whose model.txt exists is not run again.
 set -euo pipefail
@@ -18,14 +18,15 @@ here=$(dirname "$0")
 export PAIR=${PAIR:-en-de}
 WORK=${WORK:-runs/compare-$PAIR}
 THREADS=${THREADS:-2}
-MODELS=${MODELS:-resmlp_relative resmlp_coverage transformer}
+MODELS=${MODELS:-resmlp_relative resmlp_coverage resmlp_locality transformer}
 SEEDS=${SEEDS:-1 2}
 source "$here/demo_config.sh"  # the models' arguments (model_args) and the precision
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 start_from() {  # MODEL SEED: the checkpoint a fine-tuning starts from
     local trained="$WORK/$1-s$2/model.txt"
-    [ "$1" = resmlp_coverage ] && [ ! -s "$trained" ] && trained="$WORK/resmlp_relative-s$2/model.txt"
+    case $1 in resmlp_coverage | resmlp_locality)
+        [ -s "$trained" ] || trained="$WORK/resmlp_relative-s$2/model.txt" ;; esac
     [ -s "$trained" ] || { echo "error: no trained $1 for seed $2 ($trained): run compare_transformer.sh first" >&2
                            return 2; }
     cat "$trained"
