@@ -117,40 +117,33 @@ def test_at_zero_coverage_weights_it_is_fairseqs_attention():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_a_checkpoint_without_coverage_starts_with_it_switched_off():
+COVERAGE = dict(SMALL, cross_attention_coverage=True)
+
+
+@pytest.mark.parametrize("before, after, bias, flag", [
+    (SMALL, COVERAGE, "coverage", "--cross-attention-coverage"),
+    (COVERAGE, dict(COVERAGE, cross_attention_locality=True), "locality", "--cross-attention-locality"),
+], ids=["coverage", "locality"])
+def test_a_checkpoint_without_the_bias_starts_with_it_switched_off(before, after, bias, flag):
+    """A checkpoint trained without coverage (or with coverage but no locality) loads into a
+    model with it: the new weights are 0 and the outputs the checkpoint's."""
     torch.manual_seed(3)
-    trained = build_translation_model(**SMALL).eval()
-    with_coverage = build_translation_model(**SMALL, cross_attention_coverage=True).eval()
-    with_coverage.load_state_dict(trained.state_dict())
-    betas = [p for n, p in with_coverage.named_parameters() if n.endswith("coverage_weight")]
-    assert len(betas) == 2 and all(p.abs().max() == 0 for p in betas)
-    src, prev = random_tokens(2, 6, 40), random_tokens(2, 5, 40)
-    lengths = torch.tensor([6, 6])
-    torch.testing.assert_close(with_coverage(src, lengths, prev)[0], trained(src, lengths, prev)[0],
-                               rtol=1e-6, atol=1e-6)
-    # the other way round the checkpoint's coverage would be dropped: an error that names the flag
-    with pytest.raises(CheckpointMismatchError, match="--cross-attention-coverage"):
-        build_translation_model(**SMALL).load_state_dict(with_coverage.state_dict())
-
-
-def test_a_checkpoint_with_coverage_alone_starts_with_locality_switched_off():
-    torch.manual_seed(4)
-    coverage = dict(SMALL, cross_attention_coverage=True)
-    trained = build_translation_model(**coverage).eval()
-    for name, weight in trained.named_parameters():
-        if name.endswith("coverage_weight"):
-            with torch.no_grad():
+    trained = build_translation_model(**before).eval()
+    with torch.no_grad():  # a trained coverage, where there is one
+        for name, weight in trained.named_parameters():
+            if name.endswith("coverage_weight"):
                 weight.fill_(0.1)
-    with_locality = build_translation_model(**coverage, cross_attention_locality=True).eval()
-    with_locality.load_state_dict(trained.state_dict())
-    gammas = [p for n, p in with_locality.named_parameters() if n.endswith("locality_weight")]
-    assert len(gammas) == 2 and all(p.shape == (2, 2) and p.abs().max() == 0 for p in gammas)
+    upgraded = build_translation_model(**after).eval()
+    upgraded.load_state_dict(trained.state_dict())
+    new = [p for n, p in upgraded.named_parameters() if n.endswith(f"{bias}_weight")]
+    assert len(new) == 2 and all(p.abs().max() == 0 for p in new)
     src, prev = random_tokens(2, 6, 40), random_tokens(2, 5, 40)
     lengths = torch.tensor([6, 6])
-    torch.testing.assert_close(with_locality(src, lengths, prev)[0], trained(src, lengths, prev)[0],
+    torch.testing.assert_close(upgraded(src, lengths, prev)[0], trained(src, lengths, prev)[0],
                                rtol=1e-6, atol=1e-6)
-    with pytest.raises(CheckpointMismatchError, match="--cross-attention-locality"):
-        build_translation_model(**coverage).load_state_dict(with_locality.state_dict())
+    # the other way round the checkpoint's weights would be dropped: an error that names the flag
+    with pytest.raises(CheckpointMismatchError, match=flag):
+        build_translation_model(**before).load_state_dict(upgraded.state_dict())
 
 
 def test_locality_without_coverage_is_an_error_that_says_so():
