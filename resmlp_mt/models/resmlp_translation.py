@@ -462,13 +462,13 @@ class ResMLPModel(FairseqEncoderDecoderModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name the cause when a checkpoint does not fit, instead of torch's size-mismatch dump."""
         self._check_checkpoint_shapes(state_dict)
-        state_dict = self._with_coverage_weights(state_dict)
+        state_dict = self._with_bias_weights(state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     # cross-attention biases a model can gain after training, and the flag that builds each
     BIAS_WEIGHTS = {"coverage": "--cross-attention-coverage", "locality": "--cross-attention-locality"}
 
-    def _with_coverage_weights(self, state_dict):
+    def _with_bias_weights(self, state_dict):
         """A checkpoint trained without cross-attention coverage (or locality), loaded to go on
         training with it: the new weights start at zero, where a new model's do, so the model
         computes what the checkpoint did until training moves them."""

@@ -82,8 +82,10 @@ class CoverageAttention(MultiheadAttention):
         if key_padding_mask is not None:  # (bsz, S): padded keys take no attention, so no coverage
             logits = logits.masked_fill(key_padding_mask.view(bsz, 1, 1, src_len).bool(), float("-inf"))
         beta = self.beta.to(accumulate).view(1, -1, 1)
-        gamma = self.gamma.to(accumulate).view(2, 1, -1, 1) if self.locality_weight is not None else None
-        positions = torch.arange(src_len, device=logits.device).to(accumulate)
+        gamma, positions = None, None
+        if self.locality_weight is not None:
+            gamma = self.gamma.to(accumulate).view(2, 1, -1, 1)
+            positions = torch.arange(src_len, device=logits.device).to(accumulate)
         state = self._coverage_state(incremental_state) or {}
         coverage, focus = state.get("coverage"), state.get("focus")
         rows = []
