@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from fairseq import options, tasks
+from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -64,6 +64,28 @@ def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
     hypotheses = [line for line in gen.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 13
     assert re.search(r"Generate test with beam=4: BLEU = [\d.]+", gen.stdout), gen.stdout[-2000:]
+    if "--cross-attention-locality" in mode:
+        check_locality_floor_at_decoding(tiny_data_bin, last, tmp_path)
+
+
+def check_locality_floor_at_decoding(data, checkpoint, tmp_path):
+    """A locality floor set at decoding time, as README's "Long inputs" does, on a checkpoint
+    saved before the option existed (its config lacks the key): fairseq's loader builds the
+    model with it, which then translates with every rate at least the floor."""
+    state = torch.load(checkpoint, weights_only=False)
+    del state["cfg"]["model"]["cross_attention_locality_floor"]
+    old = str(tmp_path / "before_the_floor.pt")
+    torch.save(state, old)
+    overrides = {"model": {"cross_attention_locality_floor": 0.5}}
+    for given, floor in ((None, 0.0), (overrides, 0.5)):
+        (model,), _ = checkpoint_utils.load_model_ensemble([old], arg_overrides=given)
+        attentions = [layer.cross_attention for layer in model.eval().decoder.layers]
+        assert [a.locality_floor for a in attentions] == [floor, floor]
+    # the learned rates raised to the floor
+    assert all(torch.equal(a.gamma, (a.GAIN * a.locality_weight).clamp(min=0.5)) for a in attentions)
+    gen = run_cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path", old, "--beam", "4",
+                  "--model-overrides", str(overrides), "--gen-subset", "test", "--cpu")
+    assert len([line for line in gen.stdout.splitlines() if line.startswith("H-")]) == 13
 
 
 @pytest.mark.slow

@@ -16,10 +16,11 @@ SMALL = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1, d
              decoder_attention_heads=2, token_mixing="relative", mixing_window=2)
 
 
-def attention(beta=(0.7, 1.9), gamma=None) -> CoverageAttention:
+def attention(beta=(0.7, 1.9), gamma=None, floor=0.0) -> CoverageAttention:
     """``gamma``: ((forwards per head), (backwards per head)), or None for no locality."""
     torch.manual_seed(0)
-    module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM, locality=gamma is not None).double().eval()
+    module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM, locality=gamma is not None,
+                               locality_floor=floor).double().eval()
     with torch.no_grad():
         module.coverage_weight.copy_(torch.tensor(beta) / module.GAIN)
         if gamma is not None:
@@ -117,6 +118,30 @@ def test_at_zero_coverage_weights_it_is_fairseqs_attention():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_the_floor_raises_the_heads_below_it_when_translating_only():
+    """In eval mode gamma = max(floor, learned): the same attention as the learned rates raised to
+    the floor by hand. Training attends with the learned rates, and every rate learns."""
+    torch.manual_seed(4)
+    query, key = torch.randn(6, 2, DIM, dtype=torch.double), torch.randn(11, 2, DIM, dtype=torch.double)
+    padding = torch.zeros(2, 11, dtype=torch.bool)
+    padding[1, :3] = True
+    learned_rates = ((0.1, 1.3), (2.2, 0.05))
+    floored = attention(gamma=learned_rates, floor=0.5)
+    out, weights = floored(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    expected = attention(gamma=((0.5, 1.3), (2.2, 0.5)))(query, key, key, key_padding_mask=padding,
+                                                          need_head_weights=True)
+    # (the floor is 0.5 itself, the rates by hand 0.5 / GAIN * GAIN: equal to rounding)
+    torch.testing.assert_close(out, expected[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(weights, expected[1], rtol=1e-6, atol=1e-7)
+    learned = attention(gamma=learned_rates)(query, key, key, key_padding_mask=padding)[0]
+    assert (learned - out).abs().max() > 1e-2  # the floor changed something here
+
+    trained = floored.train()(query, key, key, key_padding_mask=padding)[0]  # no dropout: same arithmetic
+    torch.testing.assert_close(trained, learned, rtol=0, atol=0)
+    trained.pow(2).sum().backward()
+    assert (floored.locality_weight.grad != 0).all()
+
+
 COVERAGE = dict(SMALL, cross_attention_coverage=True)
 
 
@@ -149,3 +174,7 @@ def test_a_checkpoint_without_the_bias_starts_with_it_switched_off(before, after
 def test_locality_without_coverage_is_an_error_that_says_so():
     with pytest.raises(UsageError, match="--cross-attention-locality extends --cross-attention-coverage"):
         build_translation_model(**SMALL, cross_attention_locality=True)
+    with pytest.raises(UsageError, match="--cross-attention-locality-floor bounds --cross-attention-locality"):
+        build_translation_model(**COVERAGE, cross_attention_locality_floor=0.5)
+    with pytest.raises(ValueError, match="--cross-attention-locality-floor must be >= 0"):
+        CoverageAttention(DIM, HEADS, locality=True, locality_floor=-1.0)

@@ -133,6 +133,13 @@ class ResMLPTranslationConfig(FairseqDataclass):
                           "distance from where the head looked most at the previous target position (no jumps "
                           "to another sentence of a long input)"},
     )
+    cross_attention_locality_floor: float = field(
+        default=0.0,
+        metadata={"help": "with --cross-attention-locality: the least distance bias per position of every head "
+                          "when translating (eval mode: decoding, validation; training learns freely); "
+                          "on a trained model: fairseq-generate --model-overrides "
+                          "\"{'model': {'cross_attention_locality_floor': 0.5}}\""},
+    )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
@@ -176,10 +183,14 @@ def _cross_attention(cfg, dim: int) -> MultiheadAttention:
     """A decoder block's encoder-decoder attention: fairseq's, or with coverage (and locality)."""
     if cfg.cross_attention_locality and not cfg.cross_attention_coverage:
         raise UsageError("--cross-attention-locality extends --cross-attention-coverage: pass both")
+    if cfg.cross_attention_locality_floor and not cfg.cross_attention_locality:
+        raise UsageError("--cross-attention-locality-floor bounds --cross-attention-locality's rates: "
+                         "pass --cross-attention-locality (and --cross-attention-coverage)")
     kwargs = dict(kdim=cfg.encoder_embed_dim, vdim=cfg.encoder_embed_dim, dropout=cfg.attention_dropout,
                   encoder_decoder_attention=True)
     if cfg.cross_attention_coverage:
-        return CoverageAttention(dim, cfg.decoder_attention_heads, locality=cfg.cross_attention_locality, **kwargs)
+        return CoverageAttention(dim, cfg.decoder_attention_heads, locality=cfg.cross_attention_locality,
+                                 locality_floor=cfg.cross_attention_locality_floor, **kwargs)
     return MultiheadAttention(dim, cfg.decoder_attention_heads, **kwargs)
 
 
@@ -573,6 +584,7 @@ def resmlp_wmt_en_de(args):
         mixing_window=16,
         cross_attention_coverage=False,
         cross_attention_locality=False,
+        cross_attention_locality_floor=0.0,
     )
 
 

@@ -26,6 +26,14 @@ A jump of a few positions, inside a sentence, costs little; one to another sente
 positions away, costs tens of times as much. Distances in positions depend on no length, and a
 step keeps one position per hypothesis and head.
 
+``locality_floor`` is the least rate a head has when it translates (in eval mode:
+decoding and validation): ``gamma = max(floor, learned)``. Trained with teacher forcing,
+where the reference prefix keeps the attention in place, some heads learn almost no locality
+(0.01 to 0.05 logits per position); in a decoding their own mistakes let them jump, and the
+other heads follow. A floor of 0.5, chosen on joined validation sentences, lifted whole BLEU
+on 4- and 8-sentence inputs by 1.2 to 3.1 (README, "Long inputs"). Training is left as it was:
+the same floor in training measured no better than none, so the learned rates stay free.
+
 It is fairseq's ``MultiheadAttention`` (keys and values cached once per sentence in beam
 search, alignments, int8 projections), with the bias added where fairseq lets a subclass
 change the logits (``apply_sparse_mask``). ``c_t`` depends on the earlier rows' softmax, so a
@@ -48,9 +56,13 @@ class CoverageAttention(MultiheadAttention):
     # units): without a gain, the 600 updates of a fine-tuning could move it by 0.3 at most.
     GAIN = 10.0
 
-    def __init__(self, embed_dim: int, num_heads: int, locality: bool = False, **kwargs):
+    def __init__(self, embed_dim: int, num_heads: int, locality: bool = False, locality_floor: float = 0.0,
+                 **kwargs):
         kwargs["encoder_decoder_attention"] = True
         super().__init__(embed_dim, num_heads, **kwargs)
+        if locality_floor < 0.0:
+            raise ValueError(f"--cross-attention-locality-floor must be >= 0, got {locality_floor}")
+        self.locality_floor = locality_floor
         self.coverage_weight = nn.Parameter(torch.zeros(num_heads))
         # (forwards, backwards) per head, at 0: the attention starts as coverage alone
         self.locality_weight = nn.Parameter(torch.zeros(2, num_heads)) if locality else None
@@ -110,8 +122,12 @@ class CoverageAttention(MultiheadAttention):
 
     @property
     def gamma(self) -> Tensor:
-        """Each head's distance bias per position, ``(2, heads)``: forwards, backwards."""
-        return self.GAIN * self.locality_weight
+        """Each head's distance bias per position, ``(2, heads)``: forwards, backwards; in eval
+        mode at least the floor."""
+        gamma = self.GAIN * self.locality_weight
+        if self.locality_floor > 0.0 and not self.training:
+            gamma = gamma.clamp(min=self.locality_floor)
+        return gamma
 
     def _coverage_state(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
         """``coverage`` (bsz, heads, S) and, with locality, ``focus`` (bsz, heads)."""
