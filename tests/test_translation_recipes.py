@@ -82,15 +82,16 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
         assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
     assert (tmp_path / "compare/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # long_compare.sh on those models: 2 updates on joined pairs each; the coverage model starts
-    # from resmlp_relative's checkpoint (none of its own was trained)
+    # long_compare.sh on those models: 2 updates on joined pairs each; the locality model starts
+    # from resmlp_relative's checkpoint (none of its own was trained), and is translated twice:
+    # with its locality floor, and with the floor set to 0 at decoding time
     out = run_example("long_compare.sh", multi30k_like, tmp_path / "compare", THREADS=1, SEEDS="1",
-                      MODELS="resmlp_coverage transformer", LONG_UPDATES=2, LONG_FACTORS="4")
-    assert "the checkpoint has no cross-attention coverage" in (tmp_path / "compare/long-resmlp_coverage-s1/train.log"
-                                                                ).read_text()
-    long_rows = re.findall(r"^(resmlp_coverage-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
+                      MODELS="resmlp_locality transformer", LONG_UPDATES=2, LONG_FACTORS="4")
+    log = (tmp_path / "compare/long-resmlp_locality-s1/train.log").read_text()
+    assert "the checkpoint has no cross-attention coverage" in log and "no cross-attention locality" in log
+    long_rows = re.findall(r"^(resmlp_locality\S*-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
                            out, re.M)
-    assert long_rows == ["resmlp_coverage-s1", "transformer-s1"], out
+    assert long_rows == ["resmlp_locality-s1", "resmlp_locality_nofloor-s1", "transformer-s1"], out
 
 
 def long_inputs_script():
@@ -115,6 +116,15 @@ def test_long_inputs_join_consecutive_lines():
     long_inputs = long_inputs_script()
     assert long_inputs.joined(["a", "b", "c", "d", "e"], 2) == ["a b", "c d"]
     assert long_inputs.joined(["a", "b", "c"], 1) == ["a", "b", "c"]
+
+
+def test_long_inputs_read_the_test_or_the_validation_sentences(tmp_path):
+    long_inputs = long_inputs_script()
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "test.raw.en").write_text("t1\nt2\n")
+    (tmp_path / "raw" / "valid.en").write_text("v1\nv2\nv3\n")
+    assert long_inputs.raw_lines(str(tmp_path), "test", "en") == ["t1", "t2"]
+    assert long_inputs.raw_lines(str(tmp_path), "valid", "en") == ["v1", "v2", "v3"]
 
 
 def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):

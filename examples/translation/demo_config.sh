@@ -16,6 +16,9 @@
 # - 10% more training pairs, each two consecutive pairs joined into one (JOINED_PAIRS=0.1,
 #   --task translation_joined): without them every model, the Transformer too, stops after
 #   the first sentence of a longer input (README, "Long inputs").
+# - resmlp_locality (long_compare.sh) decodes with every cross-attention head's locality rate at
+#   least 0.5 per position (--cross-attention-locality-floor, chosen on joined validation
+#   sentences; training is unaffected).
 # - bf16 autocast (fairseq-train --bf16, fp32 weights) where the CPU multiplies bf16 natively
 #   (AVX512-BF16 or AMX), else fp32: PRECISION=fp32|bf16 chooses; every model of a comparison
 #   gets the same (README, "bf16 training").
@@ -37,7 +40,8 @@ model_args() {
         resmlp_coverage) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW"
                                      --cross-attention-coverage) ;;
         resmlp_locality) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing relative --mixing-window "$MIXING_WINDOW"
-                                     --cross-attention-coverage --cross-attention-locality) ;;
+                                     --cross-attention-coverage --cross-attention-locality
+                                     --cross-attention-locality-floor 0.5) ;;
         resmlp_absolute) MODEL_ARGS=("${RESMLP_ARGS[@]}" --token-mixing absolute) ;;
         transformer) MODEL_ARGS=("${TRANSFORMER_ARGS[@]}") MODEL_LR=${TRANSFORMER_LR:-1e-3} ;;
         transformer_prenorm) MODEL_ARGS=("${TRANSFORMER_ARGS[@]}" --encoder-normalize-before --decoder-normalize-before) ;;

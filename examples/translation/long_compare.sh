@@ -9,6 +9,10 @@
 # seed unless they were trained themselves (compare_transformer.sh MODELS=...): coverage and
 # locality are added with their weights at zero, so the ResMLP rows start from the same model.
 #
+# `resmlp_locality` decodes with a floor under its locality rates (its model_args in demo_config.sh);
+# it is also translated as `resmlp_locality_nofloor`, the same checkpoint with the floor set to 0
+# at decoding time (fairseq-generate --model-overrides), to show what the floor does.
+#
 # Settings: as compare_transformer.sh (PAIR, WORK=runs/compare-PAIR, THREADS, PRECISION),
 # MODELS (default "resmlp_relative resmlp_coverage resmlp_locality transformer"), SEEDS (default "1 2"),
 # LONG_FACTORS (default 2,4,8), and long_finetune.sh's LONG_UPDATES, LONG_JOINED_PAIRS,
@@ -41,6 +45,10 @@ for seed in $SEEDS; do
             SEED=$seed "$here/long_finetune.sh" "$WORK/data" "$(start_from "$model" "$seed")" "$out" "${MODEL_ARGS[@]}"
         fi
         long_args+=(--model "$model-s$seed=$(cat "$out/model.txt")")
+        if [ "$model" = resmlp_locality ]; then
+            long_args+=(--model "${model}_nofloor-s$seed=$(cat "$out/model.txt")"
+                        --overrides "${model}_nofloor-s$seed={'model': {'cross_attention_locality_floor': 0.0}}")
+        fi
     done
 done
 echo "== long inputs: ${LONG_FACTORS:-2,4,8} consecutive test sentences as one input, after the fine-tuning"

@@ -13,14 +13,21 @@ translate it: fairseq-generate skips it (--skip-invalid-size-inputs-valid-test),
 both columns of that row are scored on the groups it did translate, with the count shown.
 
     python examples/translation/long_inputs.py --data runs/compare-en-de/data --pair en-de \\
-        --model relative=runs/.../checkpoint_avg.pt --model transformer=... [--factors 2,4,8]
+        --model relative=runs/.../checkpoint_avg.pt --model transformer=... [--factors 2,4,8] \\
+        [--overrides NAME="{'model': {...}}"]
+
+``--subset valid`` does the same with the validation set (``raw/valid.*``), to choose a
+decoding setting without looking at the test set.
+
+``--overrides NAME=DICT`` passes DICT to fairseq-generate's ``--model-overrides`` for model NAME
+(a setting changed at decoding time, e.g. ``cross_attention_locality_floor``).
 """
 import argparse
 import os
 import re
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import sacrebleu
 
@@ -38,16 +45,23 @@ def joined(lines: Sequence[str], k: int) -> List[str]:
     return [" ".join(lines[i : i + k]) for i in range(0, len(lines) - k + 1, k)]
 
 
-def binarize(data: str, src: str, tgt: str, k: int, work: str) -> str:
-    """The k-fold joined test set, through the data's sentencepiece model and dictionaries."""
-    out = os.path.join(work, f"x{k}")
+def raw_lines(data: str, subset: str, lang: str) -> List[str]:
+    """The untokenized sentences of a subset (resmlp-prep-multi30k keeps the test set's at the top)."""
+    return read_lines(os.path.join(data, "test.raw." + lang) if subset == "test"
+                      else os.path.join(data, "raw", f"{subset}.{lang}"))
+
+
+def binarize(data: str, src: str, tgt: str, k: int, work: str, subset: str = "test") -> str:
+    """The k-fold joined subset, through the data's sentencepiece model and dictionaries, as the
+    split "test" of its own data-bin."""
+    out = os.path.join(work, f"x{k}" if subset == "test" else f"{subset}-x{k}")
     bin_dir = os.path.join(out, "bin")
     if os.path.exists(os.path.join(bin_dir, f"test.{src}-{tgt}.{src}.bin")):
         return bin_dir
     os.makedirs(out, exist_ok=True)
     for lang in (src, tgt):
         with open(os.path.join(out, f"raw.{lang}"), "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in joined(read_lines(os.path.join(data, f"test.raw.{lang}")), k))
+            f.writelines(line + "\n" for line in joined(raw_lines(data, subset, lang), k))
         encode(os.path.join(data, "spm.model"), os.path.join(out, f"raw.{lang}"), os.path.join(out, f"test.{lang}"), 1)
     dicts = os.path.join(data, "data-bin")
     subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", src, "--target-lang", tgt,
@@ -58,26 +72,31 @@ def binarize(data: str, src: str, tgt: str, k: int, work: str) -> str:
     return bin_dir
 
 
-def translate(bin_dir: str, src: str, tgt: str, checkpoint: str, out: str, batch_size: int) -> Dict[int, str]:
+def translate(bin_dir: str, src: str, tgt: str, checkpoint: str, out: str, batch_size: int,
+              overrides: Optional[str] = None, subset: str = "test") -> Dict[int, str]:
     """fairseq-generate's detokenized hypotheses by sentence id (skipped inputs are absent)."""
+    extra = ["--model-overrides", overrides] if overrides else []
     with open(out, "w", encoding="utf-8") as f:
         subprocess.run([os.path.join(BIN, "fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", checkpoint,
-                        "--source-lang", src, "--target-lang", tgt, "--gen-subset", "test", "--cpu",
-                        "--batch-size", str(batch_size), "--skip-invalid-size-inputs-valid-test", *GENERATION],
+                        "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset, "--cpu",
+                        "--batch-size", str(batch_size), "--skip-invalid-size-inputs-valid-test", *GENERATION, *extra],
                        check=True, stdout=f, stderr=subprocess.DEVNULL)
     return read_hypotheses(out)
 
 
-def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int], work: str) -> List[list]:
+def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int], work: str,
+             overrides: Optional[Dict[str, str]] = None, subset: str = "test") -> List[list]:
     src, tgt = pair.split("-")
-    refs = read_lines(os.path.join(data, f"test.raw.{tgt}"))
+    overrides = overrides or {}
+    refs = raw_lines(data, subset, tgt)
+    tag = "" if subset == "test" else f"{subset}."
     rows = []
     for name, checkpoint in models.items():
         parts = translate(os.path.join(data, "data-bin"), src, tgt, checkpoint,
-                          os.path.join(work, f"{name}.x1.txt"), 64)
+                          os.path.join(work, f"{name}.{tag}x1.txt"), 64, overrides.get(name), subset)
         for k in factors:
-            whole = translate(binarize(data, src, tgt, k, work), src, tgt, checkpoint,
-                              os.path.join(work, f"{name}.x{k}.txt"), 16)
+            whole = translate(binarize(data, src, tgt, k, work, subset), src, tgt, checkpoint,
+                              os.path.join(work, f"{name}.{tag}x{k}.txt"), 16, overrides.get(name))
             groups = [g for g in range(len(refs) // k)
                       if g in whole and all(i in parts for i in range(g * k, g * k + k))]
             joined_refs = [joined(refs, k)[g] for g in groups]
@@ -98,13 +117,22 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="resmlp-prep-multi30k's output (data-bin/, spm.model, test.raw.*)")
     p.add_argument("--pair", default="en-de")
     p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
+    p.add_argument("--subset", default="test", choices=["test", "valid"],
+                   help="the sentences to join: test2016 (test.raw.*) or the validation set (raw/valid.*)")
+    p.add_argument("--overrides", action="append", default=[], metavar="NAME=DICT",
+                   help="fairseq-generate --model-overrides DICT for model NAME")
     p.add_argument("--factors", default="2,4,8", help="comma-separated numbers of sentences per input")
     p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
     args = p.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model)
+    overrides = dict(o.split("=", 1) for o in args.overrides)
+    unknown = sorted(set(overrides) - set(models))
+    if unknown:
+        p.error(f"--overrides for {', '.join(unknown)}: no such --model")
     work = args.work or os.path.join(args.data, "long-inputs")
     os.makedirs(work, exist_ok=True)
-    rows = evaluate(args.data, args.pair, models, [int(k) for k in args.factors.split(",")], work)
+    factors = [int(k) for k in args.factors.split(",")]
+    rows = evaluate(args.data, args.pair, models, factors, work, overrides, args.subset)
     print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6} "
           f"{'words out / ref':>15}")
     for name, k, groups, parts, whole, drop, length in rows:
