@@ -4,6 +4,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -92,6 +93,15 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     long_rows = re.findall(r"^(resmlp_locality\S*-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
                            out, re.M)
     assert long_rows == ["resmlp_locality-s1", "resmlp_locality_nofloor-s1", "transformer-s1"], out
+
+    # the validation sentences joined, as the floor was chosen: 19 sentences make 9 inputs of 2
+    locality = (tmp_path / "compare/long-resmlp_locality-s1/model.txt").read_text().strip()
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples/translation/long_inputs.py"),
+                           "--data", str(tmp_path / "compare/data"), "--subset", "valid", "--factors", "2",
+                           "--work", str(tmp_path / "valid-joins"), "--model", f"floor={locality}",
+                           "--overrides", "floor={'model': {'cross_attention_locality_floor': 0.8}}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and re.search(r"^floor +2 +9/9 ", proc.stdout, re.M), proc.stdout + proc.stderr[-3000:]
 
 
 def long_inputs_script():
