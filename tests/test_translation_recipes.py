@@ -99,7 +99,8 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples/translation/long_inputs.py"),
                            "--data", str(tmp_path / "compare/data"), "--subset", "valid", "--factors", "2",
                            "--work", str(tmp_path / "valid-joins"), "--model", f"floor={locality}",
-                           "--overrides", "floor={'model': {'cross_attention_locality_floor': 0.8}}"],
+                           "--overrides", "floor={'model': {'cross_attention_locality_floor': 0.8}}",
+                           "--generate-args", "floor=--lenpen 1.5"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and re.search(r"^floor +2 +9/9 ", proc.stdout, re.M), proc.stdout + proc.stderr[-3000:]
 
@@ -135,6 +136,26 @@ def test_long_inputs_read_the_test_or_the_validation_sentences(tmp_path):
     (tmp_path / "raw" / "valid.en").write_text("v1\nv2\nv3\n")
     assert long_inputs.raw_lines(str(tmp_path), "test", "en") == ["t1", "t2"]
     assert long_inputs.raw_lines(str(tmp_path), "valid", "en") == ["v1", "v2", "v3"]
+
+
+def test_long_inputs_give_each_model_its_own_search_options(tmp_path, monkeypatch):
+    """--overrides and --generate-args reach fairseq-generate for the model they name, after the
+    shared settings (so that they win), for its whole inputs and its parts alike."""
+    long_inputs = long_inputs_script()
+    commands = []
+
+    def fake_run(command, stdout, **_):
+        commands.append(command)
+        stdout.write("D-0\t-0.5\tein Hund\n")
+    monkeypatch.setattr(long_inputs.subprocess, "run", fake_run)
+    hyps = long_inputs.translate("bin", "en", "de", "a.pt", str(tmp_path / "out.txt"), 16,
+                                 overrides="{'model': {'x': 1}}", generate_args="--lenpen 1.5 --beam 8")
+    assert hyps == {0: "ein Hund"}
+    tail = commands[0][-6:]
+    assert tail == ["--model-overrides", "{'model': {'x': 1}}", "--lenpen", "1.5", "--beam", "8"]
+    assert commands[0].index("--beam") < len(commands[0]) - 2  # the shared --beam 4 comes first
+    long_inputs.translate("bin", "en", "de", "b.pt", str(tmp_path / "out.txt"), 16)
+    assert "--lenpen" not in commands[1] and "--model-overrides" not in commands[1]
 
 
 def test_score_refuses_a_missing_hypothesis(tmp_path, capsys):

@@ -20,11 +20,14 @@ both columns of that row are scored on the groups it did translate, with the cou
 decoding setting without looking at the test set.
 
 ``--overrides NAME=DICT`` passes DICT to fairseq-generate's ``--model-overrides`` for model NAME
-(a setting changed at decoding time, e.g. ``cross_attention_locality_floor``).
+(a setting changed at decoding time, e.g. ``cross_attention_locality_floor``), and
+``--generate-args NAME=ARGS`` adds search options for model NAME (e.g. ``--lenpen 1.5``); both
+apply to the whole inputs and to their parts alike.
 """
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -73,9 +76,9 @@ def binarize(data: str, src: str, tgt: str, k: int, work: str, subset: str = "te
 
 
 def translate(bin_dir: str, src: str, tgt: str, checkpoint: str, out: str, batch_size: int,
-              overrides: Optional[str] = None, subset: str = "test") -> Dict[int, str]:
+              overrides: Optional[str] = None, subset: str = "test", generate_args: str = "") -> Dict[int, str]:
     """fairseq-generate's detokenized hypotheses by sentence id (skipped inputs are absent)."""
-    extra = ["--model-overrides", overrides] if overrides else []
+    extra = (["--model-overrides", overrides] if overrides else []) + shlex.split(generate_args)
     with open(out, "w", encoding="utf-8") as f:
         subprocess.run([os.path.join(BIN, "fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", checkpoint,
                         "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset, "--cpu",
@@ -85,18 +88,21 @@ def translate(bin_dir: str, src: str, tgt: str, checkpoint: str, out: str, batch
 
 
 def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int], work: str,
-             overrides: Optional[Dict[str, str]] = None, subset: str = "test") -> List[list]:
+             overrides: Optional[Dict[str, str]] = None, subset: str = "test",
+             generate_args: Optional[Dict[str, str]] = None) -> List[list]:
     src, tgt = pair.split("-")
-    overrides = overrides or {}
+    overrides, generate_args = overrides or {}, generate_args or {}
     refs = raw_lines(data, subset, tgt)
     tag = "" if subset == "test" else f"{subset}."
     rows = []
     for name, checkpoint in models.items():
         parts = translate(os.path.join(data, "data-bin"), src, tgt, checkpoint,
-                          os.path.join(work, f"{name}.{tag}x1.txt"), 64, overrides.get(name), subset)
+                          os.path.join(work, f"{name}.{tag}x1.txt"), 64, overrides.get(name), subset,
+                          generate_args.get(name, ""))
         for k in factors:
             whole = translate(binarize(data, src, tgt, k, work, subset), src, tgt, checkpoint,
-                              os.path.join(work, f"{name}.{tag}x{k}.txt"), 16, overrides.get(name))
+                              os.path.join(work, f"{name}.{tag}x{k}.txt"), 16, overrides.get(name),
+                              generate_args=generate_args.get(name, ""))
             groups = [g for g in range(len(refs) // k)
                       if g in whole and all(i in parts for i in range(g * k, g * k + k))]
             joined_refs = [joined(refs, k)[g] for g in groups]
@@ -121,18 +127,22 @@ def main(argv=None) -> int:
                    help="the sentences to join: test2016 (test.raw.*) or the validation set (raw/valid.*)")
     p.add_argument("--overrides", action="append", default=[], metavar="NAME=DICT",
                    help="fairseq-generate --model-overrides DICT for model NAME")
+    p.add_argument("--generate-args", action="append", default=[], metavar="NAME=ARGS",
+                   help="more fairseq-generate options for model NAME, e.g. NAME='--lenpen 1.5'")
     p.add_argument("--factors", default="2,4,8", help="comma-separated numbers of sentences per input")
     p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
     args = p.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model)
     overrides = dict(o.split("=", 1) for o in args.overrides)
-    unknown = sorted(set(overrides) - set(models))
-    if unknown:
-        p.error(f"--overrides for {', '.join(unknown)}: no such --model")
+    generate_args = dict(g.split("=", 1) for g in args.generate_args)
+    for option, given in (("--overrides", overrides), ("--generate-args", generate_args)):
+        unknown = sorted(set(given) - set(models))
+        if unknown:
+            p.error(f"{option} for {', '.join(unknown)}: no such --model")
     work = args.work or os.path.join(args.data, "long-inputs")
     os.makedirs(work, exist_ok=True)
     factors = [int(k) for k in args.factors.split(",")]
-    rows = evaluate(args.data, args.pair, models, factors, work, overrides, args.subset)
+    rows = evaluate(args.data, args.pair, models, factors, work, overrides, args.subset, generate_args)
     print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6} "
           f"{'words out / ref':>15}")
     for name, k, groups, parts, whole, drop, length in rows:
