@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side by side on the same prepared Multi30k data and the same wall-clock budget, each with
 # every seed of SEEDS: the demo's `resmlp_small` (3+3 layers, d 256, hidden 1024; relative token
-# mixing with cross-attention coverage), the same without coverage and with the paper's absolute
+# mixing with cross-attention coverage and locality), the same without them and with the paper's absolute
 # token mixing, and fairseq's own `transformer` at the same size (3+3, d 256,
 # FFN 1024, 4 heads, shared embeddings). All use the demo's batches (1,024 tokens), warm-up,
 # dropout, label smoothing, checkpoint averaging, beam and scoring (train_eval.sh). The
@@ -13,7 +13,8 @@
 # the first seed's models.
 #
 # Settings: as demo.sh (PAIR, MULTI30K_DIR, MINUTES, MAX_UPDATE, WORK=runs/compare-PAIR, THREADS),
-# MODELS (default "resmlp_relative resmlp_absolute transformer"), SEEDS (default "1 2"),
+# MODELS (default "resmlp_locality resmlp_relative resmlp_absolute transformer"; also
+# resmlp_coverage, transformer_prenorm), SEEDS (default "1 2"),
 # LONG=0 to skip the long inputs (LONG_FACTORS, default 2,4,8), and PARALLEL=1 to train two
 # models at a time with THREADS/2 threads each (less wall-clock time; every model still gets
 # the same budget and the same share of the machine).
@@ -22,7 +23,7 @@ here=$(dirname "$0")
 export PAIR=${PAIR:-en-de} MINUTES=${MINUTES:-18}
 WORK=${WORK:-runs/compare-$PAIR}
 THREADS=${THREADS:-2}
-MODELS=${MODELS:-resmlp_coverage resmlp_relative resmlp_absolute transformer}
+MODELS=${MODELS:-resmlp_locality resmlp_relative resmlp_absolute transformer}
 SEEDS=${SEEDS:-1 2}
 source "$here/demo_config.sh"  # the demo's model and schedule
 

@@ -9,8 +9,8 @@
 #   MINUTES=18             training wall-clock budget, in minutes
 #   MAX_UPDATE=0           stop after this many updates instead (0: no limit; used by the tests)
 #   LR, WARMUP, MAX_TOKENS, AVERAGE, SAVE_EVERY   the schedule (defaults: demo_config.sh)
-#   TOKEN_MIXING=relative|absolute, COVERAGE=1|0   the model (default: relative mixing with
-#                          cross-attention coverage; demo_config.sh)
+#   TOKEN_MIXING=relative|absolute, COVERAGE=1|0, LOCALITY=1|0   the model (default: relative
+#                          mixing with cross-attention coverage and locality; demo_config.sh)
 #   WORK=runs/demo-PAIR    where data, checkpoints and outputs go
 #   THREADS=2              torch threads
 set -euo pipefail
