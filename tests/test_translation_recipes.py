@@ -62,8 +62,8 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
     # the demo's model: relative mixing with cross-attention coverage and locality, and the floor
     # under the locality rates saved for decoding
     model = torch.load(out.splitlines()[-1].split("--path ")[1].split()[0], weights_only=False)["cfg"]["model"]
-    assert (model.token_mixing, model.cross_attention_coverage, model.cross_attention_locality,
-            model.cross_attention_locality_floor) == ("relative", True, True, 0.5)
+    assert [model[key] for key in ("token_mixing", "cross_attention_coverage", "cross_attention_locality",
+                                   "cross_attention_locality_floor")] == ["relative", True, True, 0.5]
 
 
 @pytest.mark.slow
