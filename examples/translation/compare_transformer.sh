@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side by side on the same prepared Multi30k data and the same wall-clock budget, each with
 # every seed of SEEDS: the demo's `resmlp_small` (3+3 layers, d 256, hidden 1024; relative token
-# mixing with cross-attention coverage and locality), the same without them and with the paper's absolute
-# token mixing, and fairseq's own `transformer` at the same size (3+3, d 256,
+# mixing with cross-attention coverage and locality), the same without them and with the
+# paper's absolute token mixing, and fairseq's own `transformer` at the same size (3+3, d 256,
 # FFN 1024, 4 heads, shared embeddings). All use the demo's batches (1,024 tokens), warm-up,
 # dropout, label smoothing, checkpoint averaging, beam and scoring (train_eval.sh). The
 # Transformer runs as fairseq builds it (post-norm) at lr 1e-3 (TRANSFORMER_LR), because the

@@ -18,10 +18,10 @@
 #   the first sentence of a longer input (README, "Long inputs").
 # - cross-attention locality with a floor (--cross-attention-locality, decoding with every head's
 #   locality rate at least 0.5 per position, --cross-attention-locality-floor, chosen on joined
-#   validation sentences; training is unaffected): two seeds of 37.10 / 37.37 test BLEU through
-#   this recipe against coverage alone's 37.03 / 37.20, and a drop on 4- and 8-sentence inputs
-#   of 0.72 / 1.22 BLEU after long_finetune.sh against 2.56 / 5.15 without the floor (README,
-#   "Long inputs"); LOCALITY=0 turns it off (resmlp_coverage).
+#   validation sentences; training is unaffected): on single sentences level with coverage alone
+#   (37.10 / 37.37 through this recipe and 36.82 in make demo, against 37.03 / 37.20), but after
+#   long_finetune.sh a drop on 4- and 8-sentence inputs of 0.72 / 1.22 BLEU against 2.56 / 5.15
+#   without the floor (README, "Long inputs"); LOCALITY=0 turns it off (resmlp_coverage).
 # - bf16 autocast (fairseq-train --bf16, fp32 weights) where the CPU multiplies bf16 natively
 #   (AVX512-BF16 or AMX), else fp32: PRECISION=fp32|bf16 chooses; every model of a comparison
 #   gets the same (README, "bf16 training").
