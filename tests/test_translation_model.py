@@ -24,7 +24,8 @@ MODES = pytest.mark.parametrize("mode", [{}, {"token_mixing": "relative", "mixin
 
 def build(mode):
     """The SMALL model in ``mode``; coverage biases (beta) drawn in [0.5, 2.5] per head and
-    locality biases (gamma) in [0.2, 1.0], so that they change the attention these tests follow."""
+    locality biases (gamma) in [0.2, 1.0], so that they change the attention these tests follow;
+    each layer's first gamma is 0.2, under the locality mode's floor (0.6), so the floor acts."""
     model = build_translation_model(**SMALL, **mode)
     for name, weight in model.named_parameters():
         with torch.no_grad():  # x CoverageAttention.GAIN
@@ -32,6 +33,7 @@ def build(mode):
                 weight.uniform_(0.05, 0.25)
             elif name.endswith("locality_weight"):
                 weight.uniform_(0.02, 0.1)
+                weight[0, 0] = 0.02
     return model
 
 
