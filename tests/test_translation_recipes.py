@@ -88,11 +88,23 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
         assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
     assert (tmp_path / "compare/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # long_compare.sh on those models: 2 updates on joined pairs each; the locality model starts
-    # from resmlp_relative's checkpoint (none of its own was trained), and is translated twice:
-    # with its locality floor, and with the floor set to 0 at decoding time
+    # long_compare.sh on those models: 2 updates on joined pairs each, translated with the average
+    # of the checkpoints after updates 1 and 2; the locality model starts from resmlp_relative's
+    # checkpoint (none of its own was trained), and is translated twice: with its locality floor,
+    # and with the floor set to 0 at decoding time
     out = run_example("long_compare.sh", multi30k_like, tmp_path / "compare", THREADS=1, SEEDS="1",
-                      MODELS="resmlp_locality transformer", LONG_UPDATES=2, LONG_FACTORS="4")
+                      MODELS="resmlp_locality transformer", LONG_UPDATES=2, LONG_FACTORS="4", LONG_AVERAGE=2,
+                      LONG_SAVE_EVERY=1)
+    for model in ("resmlp_locality", "transformer"):
+        run = tmp_path / f"compare/long-{model}-s1"
+        assert (run / "model.txt").read_text().strip() == str(run / "checkpoints/checkpoint_avg.pt")
+        first, = run.glob("checkpoints/checkpoint_*_1.pt")
+        ends = [torch.load(path, weights_only=False)["model"] for path in (first, run / "checkpoints/checkpoint_last.pt")]
+        average = torch.load(run / "checkpoints/checkpoint_avg.pt", weights_only=False)["model"]
+        assert average.keys() == ends[0].keys()
+        for name, value in average.items():
+            torch.testing.assert_close(value, (ends[0][name].double() + ends[1][name].double()).div(2).to(value.dtype))
+        assert not torch.equal(ends[0]["decoder.embed_tokens.weight"], ends[1]["decoder.embed_tokens.weight"])
     log = (tmp_path / "compare/long-resmlp_locality-s1/train.log").read_text()
     assert "the checkpoint has no cross-attention coverage" in log and "no cross-attention locality" in log
     long_rows = re.findall(r"^(resmlp_locality\S*-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
@@ -108,6 +120,18 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
                            "--generate-args", "floor=--lenpen 1.5"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and re.search(r"^floor +2 +9/9 ", proc.stdout, re.M), proc.stdout + proc.stderr[-3000:]
+
+
+def test_long_finetune_refuses_an_average_of_checkpoints_it_will_not_save(tmp_path):
+    """LONG_AVERAGE=5 over 600 updates saved every 200 would average 3 checkpoints, not 5: refused
+    before any training, naming the settings."""
+    (tmp_path / "start.pt").write_bytes(b"")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LONG_AVERAGE": "5", "LONG_UPDATES": "600"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples/translation/long_finetune.sh"), str(tmp_path),
+                           str(tmp_path / "start.pt"), str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists(), proc.stderr
+    assert ("LONG_AVERAGE=5 needs 4 checkpoints before the final one, but LONG_UPDATES=600 saves 2 "
+            "(one every LONG_SAVE_EVERY=200 updates)") in proc.stderr
 
 
 def long_inputs_script():

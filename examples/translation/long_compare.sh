@@ -16,7 +16,8 @@
 # Settings: as compare_transformer.sh (PAIR, WORK=runs/compare-PAIR, THREADS, PRECISION),
 # MODELS (default "resmlp_relative resmlp_coverage resmlp_locality transformer"), SEEDS (default "1 2"),
 # LONG_FACTORS (default 2,4,8), and long_finetune.sh's LONG_UPDATES, LONG_JOINED_PAIRS,
-# LONG_JOINED_MAX, LONG_LR. A fine-tuning whose model.txt exists is not run again.
+# LONG_JOINED_MAX, LONG_LR, LONG_AVERAGE, LONG_SAVE_EVERY. A fine-tuning whose model.txt exists
+# is not run again.
 set -euo pipefail
 here=$(dirname "$0")
 export PAIR=${PAIR:-en-de}

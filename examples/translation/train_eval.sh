@@ -33,43 +33,33 @@ if [ -d "$OUT/tensorboard" ]; then  # so that this run's curves start on their o
     mv "$OUT/tensorboard" "$old"
 fi
 
+source "$(dirname "$0")/recipe_lib.sh"
 AVERAGE=${AVERAGE:-0}
-save_args=(--no-epoch-checkpoints)
-[ "$AVERAGE" -gt 1 ] && save_args+=(--save-interval-updates "${SAVE_EVERY:-100}" --keep-interval-updates $((AVERAGE - 1)))
+averaging_args "$AVERAGE" "${SAVE_EVERY:-100}"
 
 task_args=(--task translation)
 [ "${JOINED_PAIRS:-0}" != 0 ] && task_args=(--task translation_joined --joined-pairs "$JOINED_PAIRS")
 
-precision_args=()
-case "${PRECISION:-fp32}" in
-    fp32) ;;
-    bf16) precision_args=(--bf16) ;;
-    *) echo "PRECISION must be fp32 or bf16, not '$PRECISION'" >&2; exit 2 ;;
-esac
+precision_args "${PRECISION:-fp32}"
 
-echo "== training for at most $MINUTES minutes: ${task_args[*]} ${precision_args[*]} $* (log: $OUT/train.log)"
+echo "== training for at most $MINUTES minutes: ${task_args[*]} ${PRECISION_ARGS[*]} $* (log: $OUT/train.log)"
 start=$(date +%s)
 fairseq-train "$DATA/data-bin" --user-dir "$USER_DIR" \
-    "${task_args[@]}" "${precision_args[@]}" --source-lang "$SRC" --target-lang "$TGT" "$@" \
+    "${task_args[@]}" "${PRECISION_ARGS[@]}" --source-lang "$SRC" --target-lang "$TGT" "$@" \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${LR:-1.5e-3}" \
     --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-300}" --warmup-init-lr 1e-7 --weight-decay 0.0001 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens "${MAX_TOKENS:-4096}" --max-update "${MAX_UPDATE:-0}" \
     --stop-time-hours "$(python -c "print(${MINUTES} / 60)")" \
-    --save-dir "$OUT/checkpoints" "${save_args[@]}" --seed "${SEED:-1}" --cpu --tensorboard-logdir "$OUT/tensorboard" \
+    --save-dir "$OUT/checkpoints" --no-epoch-checkpoints "${AVERAGING_ARGS[@]}" --seed "${SEED:-1}" --cpu --tensorboard-logdir "$OUT/tensorboard" \
     --log-format simple --log-interval 25 2>&1 | tee "$OUT/train.log" \
     | grep --line-buffered -E "train_inner|valid on|done training|Error|error"
 echo "   trained in $(( $(date +%s) - start )) s"
 
 model="$OUT/checkpoints/checkpoint_best.pt"
 if [ "$AVERAGE" -gt 1 ]; then
-    # the final state and the newest interval checkpoints before it
-    # (a stop right at an interval made checkpoint_last.pt a copy of the newest one: skip it)
-    mapfile -t recent < <(for f in $(ls -t "$OUT"/checkpoints/checkpoint_*_*.pt); do
-        cmp -s "$f" "$OUT/checkpoints/checkpoint_last.pt" || echo "$f"; done | head -n $((AVERAGE - 1)))
     model="$OUT/checkpoints/checkpoint_avg.pt"
-    echo "== averaging checkpoint_last.pt and ${recent[*]##*/}"
-    resmlp-average-checkpoints --inputs "$OUT/checkpoints/checkpoint_last.pt" "${recent[@]}" --output "$model"
+    average_last "$OUT/checkpoints" "$AVERAGE" "$model"
 fi
 
 echo "$model" > "$OUT/model.txt"  # the checkpoint that was scored, for later evaluations
