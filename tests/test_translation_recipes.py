@@ -81,8 +81,8 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     params = {r[0]: int(r[-1].replace(",", "")) for r in rows}
     assert params["transformer"] > params["resmlp_relative"]
     # the long-input table: 21 test sentences make 5 inputs of 4, all translated by each model
-    long_rows = re.findall(r"^(resmlp_relative|transformer) +4 +5/5 +([\d.]+) +([\d.]+) +(-?[\d.]+) +([\d.]+)$",
-                           out, re.M)
+    long_rows = re.findall(r"^(resmlp_relative|transformer) +4 +5/5 +([\d.]+) +([\d.]+) +(-?[\d.]+) +([\d.]+) "
+                           r"+-?[\d.]+\.\.-?[\d.]+$", out, re.M)
     assert [r[0] for r in long_rows] == ["resmlp_relative", "transformer"], out
     for _, parts, whole, drop, _ in long_rows:
         assert abs(float(parts) - float(whole) - float(drop)) <= 0.011
@@ -99,7 +99,8 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
         run = tmp_path / f"compare/long-{model}-s1"
         assert (run / "model.txt").read_text().strip() == str(run / "checkpoints/checkpoint_avg.pt")
         first, = run.glob("checkpoints/checkpoint_*_1.pt")
-        ends = [torch.load(path, weights_only=False)["model"] for path in (first, run / "checkpoints/checkpoint_last.pt")]
+        ends = [torch.load(path, weights_only=False)["model"]
+                for path in (first, run / "checkpoints/checkpoint_last.pt")]
         average = torch.load(run / "checkpoints/checkpoint_avg.pt", weights_only=False)["model"]
         assert average.keys() == ends[0].keys()
         for name, value in average.items():
@@ -107,8 +108,8 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
         assert not torch.equal(ends[0]["decoder.embed_tokens.weight"], ends[1]["decoder.embed_tokens.weight"])
     log = (tmp_path / "compare/long-resmlp_locality-s1/train.log").read_text()
     assert "the checkpoint has no cross-attention coverage" in log and "no cross-attention locality" in log
-    long_rows = re.findall(r"^(resmlp_locality\S*-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+$",
-                           out, re.M)
+    long_rows = re.findall(r"^(resmlp_locality\S*-s1|transformer-s1) +4 +5/5 +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+ "
+                           r"+-?[\d.]+\.\.-?[\d.]+$", out, re.M)
     assert long_rows == ["resmlp_locality-s1", "resmlp_locality_nofloor-s1", "transformer-s1"], out
 
     # the validation sentences joined, as the floor was chosen: 19 sentences make 9 inputs of 2
@@ -156,6 +157,56 @@ def test_long_inputs_join_consecutive_lines():
     long_inputs = long_inputs_script()
     assert long_inputs.joined(["a", "b", "c", "d", "e"], 2) == ["a b", "c d"]
     assert long_inputs.joined(["a", "b", "c"], 1) == ["a", "b", "c"]
+
+
+LONG_REFS = ["a man rides a red bike . a dog runs .", "two girls sing on a stage . it rains .",
+             "a woman reads a book in the park . kids play .", "the old man walks his dog . the sun sets .",
+             "people wait for the bus . a car stops .", "a boy jumps into the lake . birds fly ."]
+LONG_PARTS = ["a man rides a red bike . a dog runs .", "two girls sing on the stage . it rains .",
+              "a woman reads a book in a park . kids play .", "the old man walks the dog . the sun sets .",
+              "people wait for a bus . a car stops .", "a boy jumps in the lake . birds fly ."]
+LONG_WHOLE = ["a man rides a bike . a dog runs .", "two girls sing . it rains .",
+              "a woman reads a book in the park . kids play outside .", "the man walks his dog .",
+              "people wait for the bus . a car stops .", "a boy jumps into the lake . a boy jumps ."]
+
+
+def test_long_inputs_score_parts_and_whole_by_sacrebleus_statistics():
+    """The per-input statistics add up to sacreBLEU's own corpus scores."""
+    import sacrebleu
+    scored = long_inputs_script().Scored(list(range(6)), LONG_PARTS, LONG_WHOLE, LONG_REFS)
+    bleu = long_inputs_script().BLEU()
+    for stats, hyps in ((scored.parts, LONG_PARTS), (scored.whole, LONG_WHOLE)):
+        assert bleu._compute_score_from_stats(stats.sum(0)).score == pytest.approx(
+            sacrebleu.corpus_bleu(hyps, [LONG_REFS]).score, abs=1e-9)
+
+
+def test_long_inputs_drop_interval_is_a_paired_bootstrap():
+    """Against a brute-force paired bootstrap through sacreBLEU's public corpus_bleu, on the same
+    draws of inputs, for one seed and for the mean of two."""
+    import numpy as np
+    import sacrebleu
+    long_inputs = long_inputs_script()
+    other_whole = LONG_PARTS[:3] + LONG_WHOLE[3:]
+    seeds = [long_inputs.Scored(list(range(6)), LONG_PARTS, whole, LONG_REFS) for whole in (LONG_WHOLE, other_whole)]
+    draws = np.random.default_rng(7).integers(0, 6, size=(300, 6))
+
+    def brute(wholes):
+        drops = [sum(sacrebleu.corpus_bleu([LONG_PARTS[i] for i in d], [[LONG_REFS[i] for i in d]]).score
+                     - sacrebleu.corpus_bleu([w[i] for i in d], [[LONG_REFS[i] for i in d]]).score for w in wholes)
+                 / len(wholes) for d in draws]
+        return tuple(np.percentile(drops, [2.5, 97.5]))
+
+    assert long_inputs.drop_interval(seeds[:1], 300, seed=7) == pytest.approx(brute([LONG_WHOLE]), abs=1e-9)
+    assert long_inputs.drop_interval(seeds, 300, seed=7) == pytest.approx(brute([LONG_WHOLE, other_whole]), abs=1e-9)
+    low, high = long_inputs.drop_interval(seeds[:1], 300, seed=7)
+    drop = sacrebleu.corpus_bleu(LONG_PARTS, [LONG_REFS]).score - sacrebleu.corpus_bleu(LONG_WHOLE, [LONG_REFS]).score
+    assert low < drop < high and drop > 2  # the whole translations lose words on most inputs
+    same = long_inputs.Scored(list(range(6)), LONG_PARTS, LONG_PARTS, LONG_REFS)
+    assert long_inputs.drop_interval([same], 50) == (0.0, 0.0)
+    # seeds that translated different inputs (a model skipped some) have no joint draw
+    assert long_inputs.drop_interval([seeds[0], long_inputs.Scored([0, 1], LONG_PARTS[:2], LONG_WHOLE[:2],
+                                                                    LONG_REFS[:2])]) is None
+    assert long_inputs.interval_text(None) == "–" and long_inputs.interval_text((0.5, 1.25)) == "0.50..1.25"
 
 
 def test_long_inputs_read_the_test_or_the_validation_sentences(tmp_path):

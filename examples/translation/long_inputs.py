@@ -16,6 +16,11 @@ both columns of that row are scored on the groups it did translate, with the cou
         --model relative=runs/.../checkpoint_avg.pt --model transformer=... [--factors 2,4,8] \\
         [--overrides NAME="{'model': {...}}"]
 
+The drop's 95% interval comes from a paired bootstrap over the joined inputs (``--resamples``
+draws of the inputs with replacement; parts and whole scored on the same draw, as sacreBLEU's
+own paired bootstrap does): it tells a drop of 1.4 from one of 1.0 or not. For the mean over
+seeds, every seed's drop is scored on the same draw (the seeds translate the same inputs).
+
 ``--subset valid`` does the same with the validation set (``raw/valid.*``), to choose a
 decoding setting without looking at the test set.
 
@@ -30,9 +35,11 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import sacrebleu
+from sacrebleu.metrics import BLEU
 
 from resmlp_mt.cli.score import read_hypotheses, read_lines
 from resmlp_mt.prep.common import encode
@@ -114,8 +121,39 @@ def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int
             length = (sum(len(whole[g].split()) for g in groups) / max(sum(len(r.split()) for r in joined_refs), 1)
                       if groups else float("nan"))
             rows.append([name, k, f"{len(groups)}/{len(refs) // k}", bleu_parts, bleu_whole, bleu_parts - bleu_whole,
-                         length])
+                         length, Scored(groups, by_parts, [whole[g] for g in groups], joined_refs)])
     return rows
+
+
+class Scored:
+    """One model's translations of the joined inputs ``groups``, whole and by parts, as sacreBLEU's
+    sufficient statistics per input (n-gram matches and lengths), which add up over any draw."""
+
+    def __init__(self, groups: List[int], parts: List[str], whole: List[str], refs: List[str]):
+        self.groups = groups
+        self.parts, self.whole = (np.array(BLEU()._extract_corpus_statistics(hyps, [refs]), dtype=np.float64)
+                                  .reshape(len(groups), -1) for hyps in (parts, whole))
+
+
+def drop_interval(scored: Sequence[Scored], resamples: int = 1000, seed: int = 12345) -> Optional[Tuple[float, float]]:
+    """The 95% interval of the drop (parts BLEU - whole BLEU), averaged over ``scored`` (the seeds
+    of one model), from ``resamples`` draws with replacement of the joined inputs, the same draw
+    for parts, whole and every seed. None when they did not translate the same inputs."""
+    if not scored or not scored[0].groups or any(s.groups != scored[0].groups for s in scored):
+        return None
+    metric = BLEU()
+    draws = np.random.default_rng(seed).integers(0, len(scored[0].groups), size=(resamples, len(scored[0].groups)))
+    drops = np.zeros(resamples)
+    for s in scored:
+        for i, draw in enumerate(draws):
+            drops[i] += (metric._compute_score_from_stats(s.parts[draw].sum(0)).score
+                         - metric._compute_score_from_stats(s.whole[draw].sum(0)).score)
+    low, high = np.percentile(drops / len(scored), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def interval_text(interval: Optional[Tuple[float, float]]) -> str:
+    return "–" if interval is None else f"{interval[0]:.2f}..{interval[1]:.2f}"
 
 
 def main(argv=None) -> int:
@@ -131,6 +169,7 @@ def main(argv=None) -> int:
                    help="more fairseq-generate options for model NAME, e.g. NAME='--lenpen 1.5'")
     p.add_argument("--factors", default="2,4,8", help="comma-separated numbers of sentences per input")
     p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
+    p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap draws for the drop's 95%% interval")
     args = p.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model)
     overrides = dict(o.split("=", 1) for o in args.overrides)
@@ -143,16 +182,20 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     factors = [int(k) for k in args.factors.split(",")]
     rows = evaluate(args.data, args.pair, models, factors, work, overrides, args.subset, generate_args)
-    print(f"\n{'model':<20} {'k':>2} {'groups':>9} {'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6} "
-          f"{'words out / ref':>15}")
-    for name, k, groups, parts, whole, drop, length in rows:
-        print(f"{name:<20} {k:>2} {groups:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f}")
+    header = f"{'BLEU parts':>10} {'BLEU whole':>10} {'drop':>6} {'words out / ref':>15} {'drop, 95%':>12}"
+    print(f"\n{'model':<20} {'k':>2} {'groups':>9} {header}")
+    for name, k, groups, parts, whole, drop, length, scored in rows:
+        interval = interval_text(drop_interval([scored], args.resamples))
+        print(f"{name:<20} {k:>2} {groups:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f} "
+              f"{interval:>12}")
     means = seed_means(rows)
     if means:
-        print(f"\nmean over seeds (models named NAME-sSEED)\n{'model':<20} {'k':>2} {'seeds':>9} {'BLEU parts':>10} "
-              f"{'BLEU whole':>10} {'drop':>6} {'words out / ref':>15}")
+        print(f"\nmean over seeds (models named NAME-sSEED)\n{'model':<20} {'k':>2} {'seeds':>9} {header}")
         for name, k, seeds, parts, whole, drop, length in means:
-            print(f"{name:<20} {k:>2} {seeds:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f}")
+            members = [row[7] for row in rows if row[1] == k and re.fullmatch(re.escape(name) + r"-s\d+", row[0])]
+            interval = interval_text(drop_interval(members, args.resamples))
+            print(f"{name:<20} {k:>2} {seeds:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f} "
+                  f"{interval:>12}")
     return 0
 
 
