@@ -133,6 +133,11 @@ def test_long_finetune_refuses_an_average_of_checkpoints_it_will_not_save(tmp_pa
     assert proc.returncode == 2 and not (tmp_path / "out").exists(), proc.stderr
     assert ("LONG_AVERAGE=5 needs 4 checkpoints before the final one, but LONG_UPDATES=600 saves 2 "
             "(one every LONG_SAVE_EVERY=200 updates)") in proc.stderr
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples/translation/long_finetune.sh"), str(tmp_path),
+                           str(tmp_path / "start.pt"), str(tmp_path / "out")], env={**env, "LONG_SAVE_EVERY": "0"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "LONG_SAVE_EVERY must be 1 or more updates, not 0" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def long_inputs_script():
@@ -180,7 +185,7 @@ def test_long_inputs_score_parts_and_whole_by_sacrebleus_statistics():
             sacrebleu.corpus_bleu(hyps, [LONG_REFS]).score, abs=1e-9)
 
 
-def test_long_inputs_drop_interval_is_a_paired_bootstrap():
+def test_long_inputs_drop_interval_is_a_paired_bootstrap(capsys):
     """Against a brute-force paired bootstrap through sacreBLEU's public corpus_bleu, on the same
     draws of inputs, for one seed and for the mean of two."""
     import numpy as np
@@ -207,6 +212,9 @@ def test_long_inputs_drop_interval_is_a_paired_bootstrap():
     assert long_inputs.drop_interval([seeds[0], long_inputs.Scored([0, 1], LONG_PARTS[:2], LONG_WHOLE[:2],
                                                                     LONG_REFS[:2])]) is None
     assert long_inputs.interval_text(None) == "–" and long_inputs.interval_text((0.5, 1.25)) == "0.50..1.25"
+    with pytest.raises(SystemExit):
+        long_inputs.main(["--data", "d", "--model", "a=a.pt", "--resamples", "0"])
+    assert "--resamples 0: expected 1 or more draws" in capsys.readouterr().err
 
 
 def test_long_inputs_read_the_test_or_the_validation_sentences(tmp_path):

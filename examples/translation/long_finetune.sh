@@ -25,6 +25,7 @@ source "$(dirname "$0")/recipe_lib.sh"
 precision_args "${PRECISION:-fp32}"
 updates=${LONG_UPDATES:-1200} joined_max=${LONG_JOINED_MAX:-8}
 average=${LONG_AVERAGE:-0} save_every=${LONG_SAVE_EVERY:-200}
+[ "$save_every" -ge 1 ] || { echo "error: LONG_SAVE_EVERY must be 1 or more updates, not $save_every" >&2; exit 2; }
 before_final=$(( (updates - 1) / save_every ))  # interval checkpoints saved before the final update
 if [ "$average" -gt 1 ] && [ "$before_final" -lt $((average - 1)) ]; then
     echo "error: LONG_AVERAGE=$average needs $((average - 1)) checkpoints before the final one, but" \

@@ -127,7 +127,9 @@ def evaluate(data: str, pair: str, models: Dict[str, str], factors: Sequence[int
 
 class Scored:
     """One model's translations of the joined inputs ``groups``, whole and by parts, as sacreBLEU's
-    sufficient statistics per input (n-gram matches and lengths), which add up over any draw."""
+    sufficient statistics per input (n-gram matches and lengths), which add up over any draw.
+    They come from the same BLEU methods that sacreBLEU's paired bootstrap uses (private names,
+    so a test checks that they still add up to ``corpus_bleu``)."""
 
     def __init__(self, groups: List[int], parts: List[str], whole: List[str], refs: List[str]):
         self.groups = groups
@@ -171,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap draws for the drop's 95%% interval")
     args = p.parse_args(argv)
+    if args.resamples < 1:
+        p.error(f"--resamples {args.resamples}: expected 1 or more draws")
     models = dict(m.split("=", 1) for m in args.model)
     overrides = dict(o.split("=", 1) for o in args.overrides)
     generate_args = dict(g.split("=", 1) for g in args.generate_args)
