@@ -118,9 +118,11 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
                            "--data", str(tmp_path / "compare/data"), "--subset", "valid", "--factors", "2",
                            "--work", str(tmp_path / "valid-joins"), "--model", f"floor={locality}",
                            "--overrides", "floor={'model': {'cross_attention_locality_floor': 0.8}}",
-                           "--generate-args", "floor=--lenpen 1.5"],
+                           "--generate-args", "floor=--lenpen 1.5", "--versus", "floor,floor"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and re.search(r"^floor +2 +9/9 ", proc.stdout, re.M), proc.stdout + proc.stderr[-3000:]
+    assert re.search(r"^drop of floor minus drop of floor .*\n +k +difference +95%\n 2 +-?0\.00 +-?0\.00\.\.-?0\.00$",
+                     proc.stdout, re.M), proc.stdout
 
 
 def test_long_finetune_refuses_an_average_of_checkpoints_it_will_not_save(tmp_path):
@@ -212,9 +214,18 @@ def test_long_inputs_drop_interval_is_a_paired_bootstrap(capsys):
     assert long_inputs.drop_interval([seeds[0], long_inputs.Scored([0, 1], LONG_PARTS[:2], LONG_WHOLE[:2],
                                                                     LONG_REFS[:2])]) is None
     assert long_inputs.interval_text(None) == "–" and long_inputs.interval_text((0.5, 1.25)) == "0.50..1.25"
+    # one model's drop minus another's, on the same draws
+    tail = [long_inputs.Scored(list(range(6)), LONG_PARTS, LONG_REFS, LONG_REFS)]  # whole = the references
+    by_hand = [(sacrebleu.corpus_bleu([LONG_REFS[i] for i in d], [[LONG_REFS[i] for i in d]]).score
+                - sacrebleu.corpus_bleu([LONG_WHOLE[i] for i in d], [[LONG_REFS[i] for i in d]]).score) for d in draws]
+    assert long_inputs.drop_interval(seeds[:1], 300, seed=7, minus=tail) == pytest.approx(
+        tuple(np.percentile(by_hand, [2.5, 97.5])), abs=1e-9)
     with pytest.raises(SystemExit):
         long_inputs.main(["--data", "d", "--model", "a=a.pt", "--resamples", "0"])
     assert "--resamples 0: expected 1 or more draws" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        long_inputs.main(["--data", "d", "--model", "a-s1=a.pt", "--model", "b=b.pt", "--versus", "a,c"])
+    assert "--versus a,c: expected A,B, each a --model NAME or the NAME of NAME-sSEED models" in capsys.readouterr().err
 
 
 def test_long_inputs_read_the_test_or_the_validation_sentences(tmp_path):

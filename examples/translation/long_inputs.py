@@ -20,6 +20,8 @@ The drop's 95% interval comes from a paired bootstrap over the joined inputs (``
 draws of the inputs with replacement; parts and whole scored on the same draw, as sacreBLEU's
 own paired bootstrap does): it tells a drop of 1.4 from one of 1.0 or not. For the mean over
 seeds, every seed's drop is scored on the same draw (the seeds translate the same inputs).
+``--versus A,B`` adds, per factor, A's drop minus B's with its interval, on the same draws:
+whether one model drops less than another beyond the noise.
 
 ``--subset valid`` does the same with the validation set (``raw/valid.*``), to choose a
 decoding setting without looking at the test set.
@@ -137,21 +139,32 @@ class Scored:
                                   .reshape(len(groups), -1) for hyps in (parts, whole))
 
 
-def drop_interval(scored: Sequence[Scored], resamples: int = 1000, seed: int = 12345) -> Optional[Tuple[float, float]]:
+def drop_interval(scored: Sequence[Scored], resamples: int = 1000, seed: int = 12345,
+                  minus: Sequence[Scored] = ()) -> Optional[Tuple[float, float]]:
     """The 95% interval of the drop (parts BLEU - whole BLEU), averaged over ``scored`` (the seeds
     of one model), from ``resamples`` draws with replacement of the joined inputs, the same draw
-    for parts, whole and every seed. None when they did not translate the same inputs."""
-    if not scored or not scored[0].groups or any(s.groups != scored[0].groups for s in scored):
+    for parts, whole and every seed. With ``minus`` (another model's seeds): the interval of the
+    difference of the two mean drops, on the same draws. None when they did not all translate
+    the same inputs."""
+    everyone = [*scored, *minus]
+    if not scored or not everyone[0].groups or any(s.groups != everyone[0].groups for s in everyone):
         return None
+    count = len(everyone[0].groups)
+    draws = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    drops = _mean_drops(scored, draws) - (_mean_drops(minus, draws) if minus else 0.0)
+    low, high = np.percentile(drops, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _mean_drops(scored: Sequence[Scored], draws: np.ndarray) -> np.ndarray:
+    """The drop on each draw (a row of input indices), averaged over ``scored``."""
     metric = BLEU()
-    draws = np.random.default_rng(seed).integers(0, len(scored[0].groups), size=(resamples, len(scored[0].groups)))
-    drops = np.zeros(resamples)
+    drops = np.zeros(len(draws))
     for s in scored:
         for i, draw in enumerate(draws):
             drops[i] += (metric._compute_score_from_stats(s.parts[draw].sum(0)).score
                          - metric._compute_score_from_stats(s.whole[draw].sum(0)).score)
-    low, high = np.percentile(drops / len(scored), [2.5, 97.5])
-    return float(low), float(high)
+    return drops / len(scored)
 
 
 def interval_text(interval: Optional[Tuple[float, float]]) -> str:
@@ -172,10 +185,17 @@ def main(argv=None) -> int:
     p.add_argument("--factors", default="2,4,8", help="comma-separated numbers of sentences per input")
     p.add_argument("--work", help="where the joined sets and translations go (default DATA/long-inputs)")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap draws for the drop's 95%% interval")
+    p.add_argument("--versus", action="append", default=[], metavar="A,B",
+                   help="also print, per factor, A's drop minus B's and its 95%% interval (A, B: a --model "
+                        "NAME, or the NAME of models NAME-sSEED, their mean)")
     args = p.parse_args(argv)
     if args.resamples < 1:
         p.error(f"--resamples {args.resamples}: expected 1 or more draws")
     models = dict(m.split("=", 1) for m in args.model)
+    versus = [tuple(v.split(",")) for v in args.versus]
+    for pair in versus:
+        if len(pair) != 2 or not all(any(_is_member(m, name) for m in models) for name in pair):
+            p.error(f"--versus {','.join(pair)}: expected A,B, each a --model NAME or the NAME of NAME-sSEED models")
     overrides = dict(o.split("=", 1) for o in args.overrides)
     generate_args = dict(g.split("=", 1) for g in args.generate_args)
     for option, given in (("--overrides", overrides), ("--generate-args", generate_args)):
@@ -200,7 +220,20 @@ def main(argv=None) -> int:
             interval = interval_text(drop_interval(members, args.resamples))
             print(f"{name:<20} {k:>2} {seeds:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f} "
                   f"{interval:>12}")
+    for a, b in versus:
+        print(f"\ndrop of {a} minus drop of {b} (paired bootstrap on the same inputs)\n{'k':>2} {'difference':>10} "
+              f"{'95%':>14}")
+        for k in factors:
+            mine, theirs = ([row for row in rows if row[1] == k and _is_member(row[0], name)] for name in (a, b))
+            difference = sum(r[5] for r in mine) / len(mine) - sum(r[5] for r in theirs) / len(theirs)
+            interval = drop_interval([r[7] for r in mine], args.resamples, minus=[r[7] for r in theirs])
+            print(f"{k:>2} {difference:>10.2f} {interval_text(interval):>14}")
     return 0
+
+
+def _is_member(model: str, name: str) -> bool:
+    """``model`` is ``name`` itself, or one of its seeds (``name-sSEED``)."""
+    return model == name or re.fullmatch(re.escape(name) + r"-s\d+", model) is not None
 
 
 def seed_means(rows: List[list]) -> List[list]:
