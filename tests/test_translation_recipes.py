@@ -180,8 +180,9 @@ LONG_WHOLE = ["a man rides a bike . a dog runs .", "two girls sing . it rains ."
 def test_long_inputs_score_parts_and_whole_by_sacrebleus_statistics():
     """The per-input statistics add up to sacreBLEU's own corpus scores."""
     import sacrebleu
-    scored = long_inputs_script().Scored(list(range(6)), LONG_PARTS, LONG_WHOLE, LONG_REFS)
-    bleu = long_inputs_script().BLEU()
+    long_inputs = long_inputs_script()
+    scored = long_inputs.Scored(list(range(6)), LONG_PARTS, LONG_WHOLE, LONG_REFS)
+    bleu = long_inputs.BLEU()
     for stats, hyps in ((scored.parts, LONG_PARTS), (scored.whole, LONG_WHOLE)):
         assert bleu._compute_score_from_stats(stats.sum(0)).score == pytest.approx(
             sacrebleu.corpus_bleu(hyps, [LONG_REFS]).score, abs=1e-9)

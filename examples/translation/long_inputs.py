@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     if means:
         print(f"\nmean over seeds (models named NAME-sSEED)\n{'model':<20} {'k':>2} {'seeds':>9} {header}")
         for name, k, seeds, parts, whole, drop, length in means:
-            members = [row[7] for row in rows if row[1] == k and re.fullmatch(re.escape(name) + r"-s\d+", row[0])]
+            members = [row[7] for row in rows if row[1] == k and _seed_name(row[0]) == name]
             interval = interval_text(drop_interval(members, args.resamples))
             print(f"{name:<20} {k:>2} {seeds:>9} {parts:>10.2f} {whole:>10.2f} {drop:>6.2f} {length:>15.2f} "
                   f"{interval:>12}")
@@ -231,9 +231,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def _seed_name(model: str) -> Optional[str]:
+    """NAME of a model named NAME-sSEED (one seed of NAME), else None."""
+    match = re.fullmatch(r"(.+)-s\d+", model)
+    return match.group(1) if match else None
+
+
 def _is_member(model: str, name: str) -> bool:
     """``model`` is ``name`` itself, or one of its seeds (``name-sSEED``)."""
-    return model == name or re.fullmatch(re.escape(name) + r"-s\d+", model) is not None
+    return model == name or _seed_name(model) == name
 
 
 def seed_means(rows: List[list]) -> List[list]:
@@ -241,9 +247,9 @@ def seed_means(rows: List[list]) -> List[list]:
     where some NAME has two seeds or more)."""
     groups: Dict[tuple, List[list]] = {}
     for row in rows:
-        match = re.fullmatch(r"(.+)-s\d+", row[0])
-        if match:
-            groups.setdefault((match.group(1), row[1]), []).append(row)
+        name = _seed_name(row[0])
+        if name:
+            groups.setdefault((name, row[1]), []).append(row)
     if not any(len(members) > 1 for members in groups.values()):
         return []
     return [[name, k, len(members), *(sum(m[i] for m in members) / len(members) for i in (3, 4, 5, 6))]
