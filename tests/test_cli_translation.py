@@ -69,18 +69,19 @@ def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
 
 
 def check_locality_floor_at_decoding(data, checkpoint, tmp_path):
-    """A locality floor set at decoding time, as README's "Long inputs" does, on a checkpoint
-    saved before the option existed (its config lacks the key): fairseq's loader builds the
-    model with it, which then translates with every rate at least the floor."""
+    """A locality floor and start set at decoding time, as README's "Long inputs" does, on a
+    checkpoint saved before the options existed (its config lacks the keys): fairseq's loader
+    builds the model with them, which then translates with every rate at least the floor."""
     state = torch.load(checkpoint, weights_only=False)
     del state["cfg"]["model"]["cross_attention_locality_floor"]
+    del state["cfg"]["model"]["cross_attention_locality_start"]
     old = str(tmp_path / "before_the_floor.pt")
     torch.save(state, old)
-    overrides = {"model": {"cross_attention_locality_floor": 0.5}}
-    for given, floor in ((None, 0.0), (overrides, 0.5)):
+    overrides = {"model": {"cross_attention_locality_floor": 0.5, "cross_attention_locality_start": 8}}
+    for given, floor, start in ((None, 0.0, -1), (overrides, 0.5, 8)):
         (model,), _ = checkpoint_utils.load_model_ensemble([old], arg_overrides=given)
         attentions = [layer.cross_attention for layer in model.eval().decoder.layers]
-        assert [a.locality_floor for a in attentions] == [floor, floor]
+        assert [(a.locality_floor, a.locality_start) for a in attentions] == [(floor, start)] * 2
     # the learned rates raised to the floor
     assert all(torch.equal(a.gamma, (a.GAIN * a.locality_weight).clamp(min=0.5)) for a in attentions)
     gen = run_cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path", old, "--beam", "4",

@@ -16,11 +16,11 @@ SMALL = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1, d
              decoder_attention_heads=2, token_mixing="relative", mixing_window=2)
 
 
-def attention(beta=(0.7, 1.9), gamma=None, floor=0.0) -> CoverageAttention:
+def attention(beta=(0.7, 1.9), gamma=None, floor=0.0, start=-1) -> CoverageAttention:
     """``gamma``: ((forwards per head), (backwards per head)), or None for no locality."""
     torch.manual_seed(0)
     module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM, locality=gamma is not None,
-                               locality_floor=floor).double().eval()
+                               locality_floor=floor, locality_start=start).double().eval()
     with torch.no_grad():
         module.coverage_weight.copy_(torch.tensor(beta) / module.GAIN)
         if gamma is not None:
@@ -34,7 +34,8 @@ def brute_force(module, query, key, padding):
     """Each (sentence, head) on its own, target position by target position, as the formula
     reads: a_t = softmax(q_t . k_j / sqrt(d_h) - beta_h * c_t[j] - locality) over the real keys
     j, c_{t+1} = c_t + a_t, where locality is gf_h * (j - p) for j after p and gb_h * (p - j)
-    before it, p the key of a_{t-1}'s largest weight (none at t = 0). Returns the output
+    before it, p the key of a_{t-1}'s largest weight (none at t = 0: then, with a start S,
+    gf_h * (j - f - S) for j more than S after the sentence's first key f). Returns the output
     (T, B, C) and the weights (heads, B, T, S)."""
     T, B, _ = query.shape
     S = key.size(0)
@@ -53,10 +54,13 @@ def brute_force(module, query, key, padding):
             for t in range(T):
                 logits = [float(q[t, b, cols] @ k[j, b, cols]) / math.sqrt(dh)
                           - float(module.beta[h]) * covered[j] for j in real]
-                if module.locality_weight is not None and focus is not None:
-                    forwards, backwards = (float(g) for g in module.gamma[:, h])
+                forwards, backwards = (float(g) for g in module.gamma[:, h]) if module.locality_weight is not None \
+                    else (None, None)
+                if forwards is not None and focus is not None:
                     logits = [x - (forwards * (j - focus) if j > focus else backwards * (focus - j))
                               for x, j in zip(logits, real)]
+                elif forwards is not None and module.locality_start >= 0 and not module.training:
+                    logits = [x - forwards * max(0, j - real[0] - module.locality_start) for x, j in zip(logits, real)]
                 top = max(logits)
                 exps = [math.exp(x - top) for x in logits]
                 total = sum(exps)
@@ -142,6 +146,29 @@ def test_the_floor_raises_the_heads_below_it_when_translating_only():
     assert (floored.locality_weight.grad != 0).all()
 
 
+@pytest.mark.parametrize("start", [0, 3])
+def test_the_start_bias_holds_the_first_position_near_the_first_key_when_translating_only(start):
+    """With a start S, the first target position pays each head's forwards rate for every key
+    more than S after the sentence's first (left padding too), later positions as before; in
+    training the first position reads freely, as without a start."""
+    torch.manual_seed(5)
+    query, key = torch.randn(5, 3, DIM, dtype=torch.double), torch.randn(12, 3, DIM, dtype=torch.double)
+    padding = torch.zeros(3, 12, dtype=torch.bool)
+    padding[1, :5] = True  # sentences of 12, 7 (left-padded) and 3 (right-padded) keys
+    padding[2, 3:] = True
+    module = attention(gamma=LOCALITY, floor=0.5, start=start)
+    out, weights = module(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    with torch.no_grad():
+        expected_out, expected_weights = brute_force(module, query, key, padding)
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
+    free = attention(gamma=LOCALITY, floor=0.5)
+    free_out, free_weights = free(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    assert (free_weights[:, :, 0] - weights[:, :, 0]).abs().max() > 1e-2  # the start acts here
+    trained = module.train()(query, key, key, key_padding_mask=padding)[0]  # no dropout: same arithmetic
+    torch.testing.assert_close(trained, free.train()(query, key, key, key_padding_mask=padding)[0], rtol=0, atol=0)
+
+
 COVERAGE = dict(SMALL, cross_attention_coverage=True)
 
 
@@ -178,3 +205,7 @@ def test_locality_without_coverage_is_an_error_that_says_so():
         build_translation_model(**COVERAGE, cross_attention_locality_floor=0.5)
     with pytest.raises(ValueError, match="--cross-attention-locality-floor must be >= 0"):
         CoverageAttention(DIM, HEADS, locality=True, locality_floor=-1.0)
+    with pytest.raises(UsageError, match="--cross-attention-locality-start uses --cross-attention-locality"):
+        build_translation_model(**COVERAGE, cross_attention_locality_start=8)
+    with pytest.raises(ValueError, match="--cross-attention-locality-start must be >= 0, or -1"):
+        CoverageAttention(DIM, HEADS, locality=True, locality_start=-2)

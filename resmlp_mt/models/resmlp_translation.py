@@ -140,6 +140,12 @@ class ResMLPTranslationConfig(FairseqDataclass):
                           "on a trained model: fairseq-generate --model-overrides "
                           "\"{'model': {'cross_attention_locality_floor': 0.5}}\""},
     )
+    cross_attention_locality_start: int = field(
+        default=-1,
+        metadata={"help": "with --cross-attention-locality, when translating (eval mode): the first target "
+                          "position pays each head's forwards rate for every source position past the first N "
+                          "(it starts reading at the start); -1: it reads anywhere, as in training"},
+    )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
@@ -186,11 +192,15 @@ def _cross_attention(cfg, dim: int) -> MultiheadAttention:
     if cfg.cross_attention_locality_floor and not cfg.cross_attention_locality:
         raise UsageError("--cross-attention-locality-floor bounds --cross-attention-locality's rates: "
                          "pass --cross-attention-locality (and --cross-attention-coverage)")
+    if cfg.cross_attention_locality_start >= 0 and not cfg.cross_attention_locality:
+        raise UsageError("--cross-attention-locality-start uses --cross-attention-locality's rates: "
+                         "pass --cross-attention-locality (and --cross-attention-coverage)")
     kwargs = dict(kdim=cfg.encoder_embed_dim, vdim=cfg.encoder_embed_dim, dropout=cfg.attention_dropout,
                   encoder_decoder_attention=True)
     if cfg.cross_attention_coverage:
         return CoverageAttention(dim, cfg.decoder_attention_heads, locality=cfg.cross_attention_locality,
-                                 locality_floor=cfg.cross_attention_locality_floor, **kwargs)
+                                 locality_floor=cfg.cross_attention_locality_floor,
+                                 locality_start=cfg.cross_attention_locality_start, **kwargs)
     return MultiheadAttention(dim, cfg.decoder_attention_heads, **kwargs)
 
 
@@ -585,6 +595,7 @@ def resmlp_wmt_en_de(args):
         cross_attention_coverage=False,
         cross_attention_locality=False,
         cross_attention_locality_floor=0.0,
+        cross_attention_locality_start=-1,
     )
 
 
