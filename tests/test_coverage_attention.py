@@ -163,7 +163,7 @@ def test_the_start_bias_holds_the_first_position_near_the_first_key_when_transla
     torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
     free = attention(gamma=LOCALITY, floor=0.5)
-    free_out, free_weights = free(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    _, free_weights = free(query, key, key, key_padding_mask=padding, need_head_weights=True)
     assert (free_weights[:, :, 0] - weights[:, :, 0]).abs().max() > 1e-2  # the start acts here
     trained = module.train()(query, key, key, key_padding_mask=padding)[0]  # no dropout: same arithmetic
     torch.testing.assert_close(trained, free.train()(query, key, key, key_padding_mask=padding)[0], rtol=0, atol=0)
