@@ -69,19 +69,21 @@ def test_train_kill_resume_and_generate(tiny_data_bin, tmp_path, mode):
 
 
 def check_locality_floor_at_decoding(data, checkpoint, tmp_path):
-    """A locality floor and start set at decoding time, as README's "Long inputs" does, on a
+    """A locality floor, start and focus set at decoding time, as README's "Long inputs" does, on a
     checkpoint saved before the options existed (its config lacks the keys): fairseq's loader
     builds the model with them, which then translates with every rate at least the floor."""
     state = torch.load(checkpoint, weights_only=False)
     del state["cfg"]["model"]["cross_attention_locality_floor"]
     del state["cfg"]["model"]["cross_attention_locality_start"]
+    del state["cfg"]["model"]["cross_attention_locality_focus"]
     old = str(tmp_path / "before_the_floor.pt")
     torch.save(state, old)
-    overrides = {"model": {"cross_attention_locality_floor": 0.5, "cross_attention_locality_start": 8}}
-    for given, floor, start in ((None, 0.0, -1), (overrides, 0.5, 8)):
+    overrides = {"model": {"cross_attention_locality_floor": 0.5, "cross_attention_locality_start": 8,
+                           "cross_attention_locality_focus": "mean"}}
+    for given, settings in ((None, (0.0, -1, "argmax")), (overrides, (0.5, 8, "mean"))):
         (model,), _ = checkpoint_utils.load_model_ensemble([old], arg_overrides=given)
         attentions = [layer.cross_attention for layer in model.eval().decoder.layers]
-        assert [(a.locality_floor, a.locality_start) for a in attentions] == [(floor, start)] * 2
+        assert [(a.locality_floor, a.locality_start, a.locality_focus) for a in attentions] == [settings] * 2
     # the learned rates raised to the floor
     assert all(torch.equal(a.gamma, (a.GAIN * a.locality_weight).clamp(min=0.5)) for a in attentions)
     gen = run_cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path", old, "--beam", "4",

@@ -16,11 +16,11 @@ SMALL = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1, d
              decoder_attention_heads=2, token_mixing="relative", mixing_window=2)
 
 
-def attention(beta=(0.7, 1.9), gamma=None, floor=0.0, start=-1) -> CoverageAttention:
+def attention(beta=(0.7, 1.9), gamma=None, floor=0.0, start=-1, focus="argmax") -> CoverageAttention:
     """``gamma``: ((forwards per head), (backwards per head)), or None for no locality."""
     torch.manual_seed(0)
     module = CoverageAttention(DIM, HEADS, kdim=DIM, vdim=DIM, locality=gamma is not None,
-                               locality_floor=floor, locality_start=start).double().eval()
+                               locality_floor=floor, locality_start=start, locality_focus=focus).double().eval()
     with torch.no_grad():
         module.coverage_weight.copy_(torch.tensor(beta) / module.GAIN)
         if gamma is not None:
@@ -34,9 +34,10 @@ def brute_force(module, query, key, padding):
     """Each (sentence, head) on its own, target position by target position, as the formula
     reads: a_t = softmax(q_t . k_j / sqrt(d_h) - beta_h * c_t[j] - locality) over the real keys
     j, c_{t+1} = c_t + a_t, where locality is gf_h * (j - p) for j after p and gb_h * (p - j)
-    before it, p the key of a_{t-1}'s largest weight (none at t = 0: then, with a start S,
-    gf_h * (j - f - S) for j more than S after the sentence's first key f). Returns the output
-    (T, B, C) and the weights (heads, B, T, S)."""
+    before it, p the key of a_{t-1}'s largest weight (translating with the mean focus: the
+    sum of j * a_{t-1}[j]; none at t = 0: then, with a start S, gf_h * (j - f - S) for j more
+    than S after the sentence's first key f). Returns the output (T, B, C) and the weights
+    (heads, B, T, S)."""
     T, B, _ = query.shape
     S = key.size(0)
     dh = DIM // HEADS
@@ -68,7 +69,10 @@ def brute_force(module, query, key, padding):
                     weights[h, b, t, j] = e / total
                     covered[j] += e / total
                     context[t, b, cols] += e / total * v[j, b, cols]
-                focus = max(real, key=lambda j: weights[h, b, t, j])
+                if module.locality_focus == "mean" and not module.training:
+                    focus = sum(j * float(weights[h, b, t, j]) for j in real)
+                else:
+                    focus = max(real, key=lambda j: weights[h, b, t, j])
     return F.linear(context, module.out_proj.weight, module.out_proj.bias), weights
 
 
@@ -169,6 +173,27 @@ def test_the_start_bias_holds_the_first_position_near_the_first_key_when_transla
     torch.testing.assert_close(trained, free.train()(query, key, key, key_padding_mask=padding)[0], rtol=0, atol=0)
 
 
+def test_the_mean_focus_counts_distances_from_where_a_head_reads_on_average_when_translating_only():
+    """With locality_focus="mean", each head's distances count from the attention-weighted mean
+    key of its previous row (left and right padding), not from its largest weight; training
+    keeps the largest weight."""
+    torch.manual_seed(6)
+    query, key = torch.randn(6, 3, DIM, dtype=torch.double), torch.randn(11, 3, DIM, dtype=torch.double)
+    padding = torch.zeros(3, 11, dtype=torch.bool)
+    padding[1, :4] = True  # sentences of 11, 7 (left-padded) and 5 (right-padded) keys
+    padding[2, 5:] = True
+    module = attention(gamma=LOCALITY, floor=0.5, start=2, focus="mean")
+    out, weights = module(query, key, key, key_padding_mask=padding, need_head_weights=True)
+    with torch.no_grad():
+        expected_out, expected_weights = brute_force(module, query, key, padding)
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
+    largest = attention(gamma=LOCALITY, floor=0.5, start=2)
+    assert (largest(query, key, key, key_padding_mask=padding)[0] - out).abs().max() > 1e-2  # it acts here
+    trained = module.train()(query, key, key, key_padding_mask=padding)[0]
+    torch.testing.assert_close(trained, largest.train()(query, key, key, key_padding_mask=padding)[0], rtol=0, atol=0)
+
+
 COVERAGE = dict(SMALL, cross_attention_coverage=True)
 
 
@@ -209,3 +234,7 @@ def test_locality_without_coverage_is_an_error_that_says_so():
         build_translation_model(**COVERAGE, cross_attention_locality_start=8)
     with pytest.raises(ValueError, match="--cross-attention-locality-start must be >= 0, or -1"):
         CoverageAttention(DIM, HEADS, locality=True, locality_start=-2)
+    with pytest.raises(UsageError, match="--cross-attention-locality-focus mean uses --cross-attention-locality"):
+        build_translation_model(**COVERAGE, cross_attention_locality_focus="mean")
+    with pytest.raises(ValueError, match="--cross-attention-locality-focus must be one of"):
+        CoverageAttention(DIM, HEADS, locality=True, locality_focus="median")

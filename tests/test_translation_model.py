@@ -12,14 +12,16 @@ SMALL = dict(encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_layers=2, d
              decoder_attention_heads=2, max_source_positions=20, max_target_positions=20)
 # The paper's absolute matrices, relative mixing with a window shorter than the sentences, and
 # that with cross-attention coverage, and with locality too (their weights made non-zero below:
-# they start at 0), under a floor that some of those weights are below, and reading from the start.
+# they start at 0), under a floor that some of those weights are below, reading from the start,
+# with distances from each head's mean position.
 MODES = pytest.mark.parametrize("mode", [{}, {"token_mixing": "relative", "mixing_window": 3},
                                          {"token_mixing": "relative", "mixing_window": 3,
                                           "cross_attention_coverage": True},
                                          {"token_mixing": "relative", "mixing_window": 3,
                                           "cross_attention_coverage": True, "cross_attention_locality": True,
                                           "cross_attention_locality_floor": 0.6,
-                                          "cross_attention_locality_start": 2}],
+                                          "cross_attention_locality_start": 2,
+                                          "cross_attention_locality_focus": "mean"}],
                                 ids=["absolute", "relative", "relative+coverage", "relative+coverage+locality"])
 
 

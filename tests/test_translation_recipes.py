@@ -60,11 +60,11 @@ def test_demo_end_to_end_in_a_few_updates(multi30k_like, tmp_path):
         assert proc.returncode == 0 and proc.stdout.strip(), (command, proc.stderr[-3000:])
     assert proc.stdout.startswith("D-0\t")
     # the demo's model: relative mixing with cross-attention coverage and locality, and the floor
-    # under the locality rates and the start of reading saved for decoding
+    # under the locality rates, the start of reading and the mean focus saved for decoding
     model = torch.load(out.splitlines()[-1].split("--path ")[1].split()[0], weights_only=False)["cfg"]["model"]
     assert [model[key] for key in ("token_mixing", "cross_attention_coverage", "cross_attention_locality",
-                                   "cross_attention_locality_floor", "cross_attention_locality_start")] \
-        == ["relative", True, True, 0.5, 16]
+                                   "cross_attention_locality_floor", "cross_attention_locality_start",
+                                   "cross_attention_locality_focus")] == ["relative", True, True, 0.5, 16, "mean"]
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_compare_transformer_prints_its_tables(multi30k_like, tmp_path):
     # long_compare.sh on those models: 2 updates on joined pairs each, translated with the average
     # of the checkpoints after updates 1 and 2; the locality model starts from resmlp_relative's
     # checkpoint (none of its own was trained), and is translated twice: with its locality floor and
-    # start, and as trained (floor 0, no start) at decoding time
+    # start and focus, and as trained (floor 0, no start, argmax focus) at decoding time
     out = run_example("long_compare.sh", multi30k_like, tmp_path / "compare", THREADS=1, SEEDS="1",
                       MODELS="resmlp_locality transformer", LONG_UPDATES=2, LONG_FACTORS="4", LONG_AVERAGE=2,
                       LONG_SAVE_EVERY=1)

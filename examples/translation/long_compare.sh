@@ -9,10 +9,10 @@
 # seed unless they were trained themselves (compare_transformer.sh MODELS=...): coverage and
 # locality are added with their weights at zero, so the ResMLP rows start from the same model.
 #
-# `resmlp_locality` decodes with a floor under its locality rates and reads from the start of the
-# source (its model_args in demo_config.sh); it is also translated as `resmlp_locality_nofloor`, the
-# same checkpoint decoded as trained, with the floor set to 0 and no start (fairseq-generate
-# --model-overrides), to show what they do.
+# `resmlp_locality` decodes with a floor under its locality rates, reads from the start of the
+# source and counts distances from each head's mean position (its model_args in demo_config.sh); it
+# is also translated as `resmlp_locality_nofloor`, the same checkpoint decoded as trained: floor 0,
+# no start, argmax focus (fairseq-generate --model-overrides), to show what they do.
 #
 # Settings: as compare_transformer.sh (PAIR, WORK=runs/compare-PAIR, THREADS, PRECISION),
 # MODELS (default "resmlp_relative resmlp_coverage resmlp_locality transformer"), SEEDS (default "1 2"),
@@ -39,6 +39,9 @@ start_from() {  # MODEL SEED: the checkpoint a fine-tuning starts from
 }
 
 long_args=()
+# the locality model's decoding-time settings, set back to how it trains
+AS_TRAINED="'cross_attention_locality_floor': 0.0, 'cross_attention_locality_start': -1,"
+AS_TRAINED+=" 'cross_attention_locality_focus': 'argmax'"
 for seed in $SEEDS; do
     for model in $MODELS; do
         model_args "$model"
@@ -49,7 +52,7 @@ for seed in $SEEDS; do
         long_args+=(--model "$model-s$seed=$(cat "$out/model.txt")")
         if [ "$model" = resmlp_locality ]; then
             long_args+=(--model "${model}_nofloor-s$seed=$(cat "$out/model.txt")"
-                        --overrides "${model}_nofloor-s$seed={'model': {'cross_attention_locality_floor': 0.0, 'cross_attention_locality_start': -1}}")
+                        --overrides "${model}_nofloor-s$seed={'model': {$AS_TRAINED}}")
         fi
     done
 done

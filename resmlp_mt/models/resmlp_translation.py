@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 NORM_CHOICES = ChoiceEnum(["layernorm", "affine"])
 MIXING_INIT_CHOICES = ChoiceEnum(["normal", "mean"])
 TOKEN_MIXING_CHOICES = ChoiceEnum(["absolute", "relative"])
+LOCALITY_FOCUS_CHOICES = ChoiceEnum(["argmax", "mean"])
 # Relative mixing has no matrix size: the default cap only bounds memory (the full pass
 # builds an L x L matrix; 4,096 positions are 64 MB in fp32).
 RELATIVE_MAX_POSITIONS = 4096
@@ -146,6 +147,12 @@ class ResMLPTranslationConfig(FairseqDataclass):
                           "position pays each head's forwards rate for every source position past the first N "
                           "(it starts reading at the start); -1: it reads anywhere, as in training"},
     )
+    cross_attention_locality_focus: LOCALITY_FOCUS_CHOICES = field(
+        default="argmax",
+        metadata={"help": "with --cross-attention-locality, when translating (eval mode): the source position "
+                          "each head's distances count from: its largest weight (argmax, as in training) or the "
+                          "mean position under its weights (mean)"},
+    )
     dropout: float = field(default=0.15, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on cross-attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the MLP's GELU"})
@@ -192,6 +199,10 @@ def _cross_attention(cfg, dim: int) -> MultiheadAttention:
     if cfg.cross_attention_locality_floor and not cfg.cross_attention_locality:
         raise UsageError("--cross-attention-locality-floor bounds --cross-attention-locality's rates: "
                          "pass --cross-attention-locality (and --cross-attention-coverage)")
+    if cfg.cross_attention_locality_focus != "argmax" and not cfg.cross_attention_locality:
+        raise UsageError(f"--cross-attention-locality-focus {cfg.cross_attention_locality_focus} uses "
+                         "--cross-attention-locality's distances: pass --cross-attention-locality "
+                         "(and --cross-attention-coverage)")
     if cfg.cross_attention_locality_start >= 0 and not cfg.cross_attention_locality:
         raise UsageError("--cross-attention-locality-start uses --cross-attention-locality's rates: "
                          "pass --cross-attention-locality (and --cross-attention-coverage)")
@@ -200,7 +211,8 @@ def _cross_attention(cfg, dim: int) -> MultiheadAttention:
     if cfg.cross_attention_coverage:
         return CoverageAttention(dim, cfg.decoder_attention_heads, locality=cfg.cross_attention_locality,
                                  locality_floor=cfg.cross_attention_locality_floor,
-                                 locality_start=cfg.cross_attention_locality_start, **kwargs)
+                                 locality_start=cfg.cross_attention_locality_start,
+                                 locality_focus=str(cfg.cross_attention_locality_focus), **kwargs)
     return MultiheadAttention(dim, cfg.decoder_attention_heads, **kwargs)
 
 
@@ -596,6 +608,7 @@ def resmlp_wmt_en_de(args):
         cross_attention_locality=False,
         cross_attention_locality_floor=0.0,
         cross_attention_locality_start=-1,
+        cross_attention_locality_focus="argmax",
     )
 
 

@@ -42,6 +42,13 @@ more than S after the first (S = -1: it reads anywhere, as trained). S = 16, cho
 validation sentences, gained a little on long inputs and lost nothing on single sentences
 (README, "Long inputs").
 
+``locality_focus`` is where a head reads, for the distances (when translating; training keeps
+the argmax): "argmax", its largest weight, or "mean", the mean source position under its
+weights. A head that reads broadly (a few learned rates stay near 0) has an argmax that jumps
+between near-equal keys, and the floor then holds the head wherever it landed; its mean moves
+smoothly. On joined validation sentences the mean lifted whole BLEU at 8 sentences by 1.0 and
+1.8 (seeds 1, 2) and single sentences by 0.4 and 0.1 (README, "Long inputs").
+
 It is fairseq's ``MultiheadAttention`` (keys and values cached once per sentence in beam
 search, alignments, int8 projections), with the bias added where fairseq lets a subclass
 change the logits (``apply_sparse_mask``). ``c_t`` depends on the earlier rows' softmax, so a
@@ -64,8 +71,10 @@ class CoverageAttention(MultiheadAttention):
     # units): without a gain, the 600 updates of a fine-tuning could move it by 0.3 at most.
     GAIN = 10.0
 
+    FOCI = ("argmax", "mean")
+
     def __init__(self, embed_dim: int, num_heads: int, locality: bool = False, locality_floor: float = 0.0,
-                 locality_start: int = -1, **kwargs):
+                 locality_start: int = -1, locality_focus: str = "argmax", **kwargs):
         kwargs["encoder_decoder_attention"] = True
         super().__init__(embed_dim, num_heads, **kwargs)
         if locality_floor < 0.0:
@@ -74,6 +83,9 @@ class CoverageAttention(MultiheadAttention):
         if locality_start < -1:
             raise ValueError(f"--cross-attention-locality-start must be >= 0, or -1 for none, got {locality_start}")
         self.locality_start = locality_start
+        if locality_focus not in self.FOCI:
+            raise ValueError(f"--cross-attention-locality-focus must be one of {self.FOCI}, got {locality_focus!r}")
+        self.locality_focus = locality_focus
         self.coverage_weight = nn.Parameter(torch.zeros(num_heads))
         # (forwards, backwards) per head, at 0: the attention starts as coverage alone
         self.locality_weight = nn.Parameter(torch.zeros(2, num_heads)) if locality else None
@@ -126,10 +138,17 @@ class CoverageAttention(MultiheadAttention):
             rows.append(row)
             weights = torch.softmax(row, dim=-1)
             coverage = weights if coverage is None else coverage + weights
-            focus = weights.argmax(-1) if gamma is not None else None
+            focus = self._focus(weights, positions) if gamma is not None else None
         if incremental_state is not None:
             self._set_coverage_state(incremental_state, {"coverage": coverage, "focus": focus})
         return torch.stack(rows, 2).to(attn_weights.dtype).view(bsz * self.num_heads, tgt_len, src_len)
+
+    def _focus(self, weights: Tensor, positions: Tensor) -> Tensor:
+        """Where each head reads ``(bsz, heads)``: its largest weight's key, or translating with
+        ``locality_focus="mean"`` the mean key under its weights (they sum to 1; padded keys have 0)."""
+        if self.locality_focus == "mean" and not self.training:
+            return (weights * positions).sum(-1)
+        return weights.argmax(-1)
 
     def _start_bias(self, forwards: Tensor, positions: Tensor, key_padding_mask: Optional[Tensor],
                     bsz: int) -> Tensor:
