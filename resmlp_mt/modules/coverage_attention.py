@@ -125,7 +125,7 @@ class CoverageAttention(MultiheadAttention):
         coverage, focus = state.get("coverage"), state.get("focus")
         start = None
         if gamma is not None and focus is None and self.locality_start >= 0 and not self.training:
-            start = self._start_bias(gamma[0], positions, key_padding_mask, bsz)
+            start = self._start_bias(gamma, positions, key_padding_mask, bsz)
         rows = []
         for row in logits.unbind(2):  # (bsz, heads, S) per target position, in order
             if coverage is not None:
@@ -133,8 +133,7 @@ class CoverageAttention(MultiheadAttention):
             if start is not None and focus is None:  # the first target position
                 row = row - start
             if gamma is not None and focus is not None:
-                ahead = positions - focus.unsqueeze(-1).to(accumulate)  # (bsz, heads, S)
-                row = row - gamma[0] * ahead.clamp(min=0) - gamma[1] * (-ahead).clamp(min=0)
+                row = row - self._distance_bias(gamma, positions, focus.to(accumulate))
             rows.append(row)
             weights = torch.softmax(row, dim=-1)
             coverage = weights if coverage is None else coverage + weights
@@ -150,16 +149,23 @@ class CoverageAttention(MultiheadAttention):
             return (weights * positions).sum(-1)
         return weights.argmax(-1)
 
-    def _start_bias(self, forwards: Tensor, positions: Tensor, key_padding_mask: Optional[Tensor],
+    @staticmethod
+    def _distance_bias(gamma: Tensor, positions: Tensor, focus: Tensor, backwards: bool = True) -> Tensor:
+        """Locality's bias ``(bsz, heads, S)`` from ``focus`` (``(bsz, heads)``, or ``(bsz, 1)`` for
+        all heads): the forwards rate times the distance past it, and the backwards rate before it."""
+        ahead = positions - focus.unsqueeze(-1)
+        bias = gamma[0] * ahead.clamp(min=0)
+        return bias + gamma[1] * (-ahead).clamp(min=0) if backwards else bias
+
+    def _start_bias(self, gamma: Tensor, positions: Tensor, key_padding_mask: Optional[Tensor],
                     bsz: int) -> Tensor:
-        """The first target position's bias ``(bsz, heads, S)``: each head's forwards rate times
-        the distance past the ``locality_start`` positions after the first source token (the
-        first one not padded: fairseq pads sources on the left)."""
+        """The first target position's bias: the forwards distance past the ``locality_start``
+        positions after the first source token (the first one not padded: fairseq pads sources
+        on the left); nothing before it."""
         first = positions.new_zeros(bsz, 1)
         if key_padding_mask is not None:
             first = (~key_padding_mask.bool()).to(positions.dtype).argmax(-1, keepdim=True)
-        past = (positions - first - self.locality_start).clamp(min=0)  # (bsz, S)
-        return forwards.view(1, -1, 1) * past.unsqueeze(1)
+        return self._distance_bias(gamma, positions, first + self.locality_start, backwards=False)
 
     @property
     def beta(self) -> Tensor:
