@@ -15,10 +15,13 @@ whatever the allocator keeps), with interpreter, libraries and data excluded.
     python bench/mt_train.py                       # demo and wmt sizes, synthetic batches
     python bench/mt_train.py --data DATA_BIN       # real batches from DATA_BIN's train split
     python bench/mt_train.py --torch-dropout       # also ResMLP with torch's dropout masks
+    python bench/mt_train.py --fused-loss          # also both models with the fused loss
 
 ``--torch-dropout`` adds a ResMLP contender whose dropout modules draw their masks with
 torch's ``F.dropout`` instead of ``resmlp_mt.modules.dropout``'s cheaper CPU mask: the
 same model, data and steps otherwise, so the ratio is what the cheaper mask buys.
+``--fused-loss`` adds each model again with ``--criterion fused_label_smoothed_cross_entropy``
+(the same loss, its gradient written out) in place of fairseq's ``label_smoothed_cross_entropy``.
 """
 import argparse
 import json
@@ -82,12 +85,16 @@ def training_batches(args, task, size: str, count: int):
 
 
 TORCH_DROPOUT = "resmlp-torch-dropout"
+FUSED_LOSS = "-fused-loss"  # suffix: the model with --criterion fused_label_smoothed_cross_entropy
+VARIANTS = (TORCH_DROPOUT,) + tuple(m + FUSED_LOSS for m in MODELS)
 
 
-def contenders(precisions, torch_dropout: bool = False):
+def contenders(precisions, torch_dropout: bool = False, fused_loss: bool = False):
     """(name, model, precision): "resmlp", "transformer", and "resmlp+bf16", ... for bf16;
-    with ``torch_dropout``, also "resmlp-torch-dropout" in each precision."""
-    models = MODELS + ((TORCH_DROPOUT,) if torch_dropout else ())
+    with ``torch_dropout``, also "resmlp-torch-dropout" in each precision; with ``fused_loss``,
+    also "resmlp-fused-loss" and "transformer-fused-loss"."""
+    models = (MODELS + ((TORCH_DROPOUT,) if torch_dropout else ())
+              + (tuple(m + FUSED_LOSS for m in MODELS) if fused_loss else ()))
     return [(named(m, p), m, p) for m in models for p in precisions]
 
 
@@ -97,8 +104,13 @@ def named(model: str, precision: str) -> str:
 
 
 def contender_task(model: str, size: str, data):
-    """(cfg, task) of a contender: "resmlp-torch-dropout" is built as "resmlp"."""
-    return setup_task("resmlp" if model == TORCH_DROPOUT else model, size, data)
+    """(cfg, task) of a contender: "resmlp-torch-dropout" is built as "resmlp", "X-fused-loss" as X
+    with the fused criterion."""
+    if model == TORCH_DROPOUT:
+        return setup_task("resmlp", size, data)
+    if model.endswith(FUSED_LOSS):
+        return setup_task(model[:-len(FUSED_LOSS)], size, data, ["--criterion", "fused_label_smoothed_cross_entropy"])
+    return setup_task(model, size, data)
 
 
 def peak_memory_child(args) -> None:
@@ -119,7 +131,9 @@ def main() -> None:
                    help="fp32 and/or bf16 (fairseq-train --bf16 on the CPU: autocast, fp32 weights)")
     p.add_argument("--torch-dropout", action="store_true",
                    help="also time ResMLP with torch's dropout masks (F.dropout) instead of the plugin's CPU mask")
-    p.add_argument("--memory-of", choices=MODELS + (TORCH_DROPOUT,), help=argparse.SUPPRESS)
+    p.add_argument("--fused-loss", action="store_true",
+                   help="also time each model with --criterion fused_label_smoothed_cross_entropy")
+    p.add_argument("--memory-of", choices=MODELS + VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -128,7 +142,7 @@ def main() -> None:
         return peak_memory_child(args)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     precisions = args.precisions.split(",")
-    who = contenders(precisions, args.torch_dropout)
+    who = contenders(precisions, args.torch_dropout, args.fused_loss)
     env = environment(args.threads)
     rows, ratios, raw = [], [], {}
     for size in sizes:
@@ -163,6 +177,15 @@ def main() -> None:
             for pr in precisions:
                 ratios.append(ratio_line(f"resmlp cheaper/torch dropout masks, training tokens/s [{size}, {pr}]",
                                          paired_speedup(seconds, named("resmlp", pr), named(TORCH_DROPOUT, pr)), 1.0))
+        if args.fused_loss:
+            for m, pr in ((m, pr) for m in MODELS for pr in precisions):
+                ratios.append(ratio_line(f"{m} fused/fairseq's label-smoothed loss, training tokens/s [{size}, {pr}]",
+                                         paired_speedup(seconds, named(m + FUSED_LOSS, pr), named(m, pr)), 1.0))
+            if "fp32" in precisions and "bf16" in precisions:
+                for m in MODELS:
+                    ratios.append(ratio_line(f"{m} bf16/fp32 training tokens/s, fused loss [{size}]",
+                                             paired_speedup(seconds, named(m + FUSED_LOSS, "bf16"),
+                                                            named(m + FUSED_LOSS, "fp32")), TARGET_BF16))
         raw[size] = {"seconds_per_step": seconds, "target_tokens": tokens, "peak_mib": memory}
     source = f"batches of {args.data}/train" if args.data else "synthetic Multi30k-like batches"
     report([(f"MT training: fwd+bwd+Adam, label-smoothed CE, {source}, --max-tokens {args.max_tokens}",

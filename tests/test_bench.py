@@ -25,7 +25,7 @@ SCRIPTS = {
 # mt_generate.py also in each inference precision, where this CPU runs bf16 and int8
 LOWER = [p for p in ("bf16", "int8") if precision.unavailable(p, torch.device("cpu")) is None]
 EXTRA = {"mt_generate.py": ["--precisions", ",".join(["fp32", *LOWER])],
-         "mt_train.py": ["--torch-dropout"]}  # and ResMLP with torch's dropout masks beside ours
+         "mt_train.py": ["--torch-dropout", "--fused-loss"]}  # and torch's dropout masks, the fused loss
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,8 @@ def test_tiny_bench_prints_its_table(tiny_runs, script):
     assert json_file.exists()
     if script == "mt_train.py":
         assert "ratio resmlp cheaper/torch dropout masks, training tokens/s [tiny, fp32]" in stdout, stdout
+        for m in ("resmlp", "transformer"):
+            assert f"ratio {m} fused/fairseq's label-smoothed loss, training tokens/s [tiny, fp32]" in stdout, stdout
     if script == "mt_generate.py":
         for p in LOWER:
             assert f"ratio resmlp {p}/fp32 beam-4 sentences/s [tiny]" in stdout, stdout
