@@ -165,3 +165,19 @@ def test_profile_splits_the_time_by_kind():
         shares = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in section.strip().splitlines()]
         assert "GEMM, output projection (vocabulary-sized)" in section and "GEMM, the model's layers" in section
         assert 0 < sum(shares) <= 100.5
+
+
+@pytest.mark.slow
+def test_memory_children_run_a_cores_worth_at_a_time_and_a_kill_is_named(tmp_path):
+    """Eight WMT-size children at once were killed for memory, with an empty message."""
+    from benchlib import in_fresh_processes
+
+    child = tmp_path / "child.py"
+    child.write_text("import json, os, signal, sys, time\n"
+                     "if sys.argv[1] == 'kill':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                     "start = time.time(); time.sleep(0.3)\n"
+                     "print(json.dumps({'start': start, 'end': time.time()}))\n")
+    spans = in_fresh_processes(str(child), [["ok"]] * 3, threads=os.cpu_count())  # a core's worth: one at a time
+    assert all(a["end"] <= b["start"] for a, b in zip(spans, spans[1:])), spans
+    with pytest.raises(RuntimeError, match=r"killed by signal 9 \(out of memory\?\)"):
+        in_fresh_processes(str(child), [["kill"]], threads=1)
